@@ -79,7 +79,7 @@ class Profile:
     # batches and steps, per stage
     batch_size: int = 32
     gradient_accumulation_steps: int = 1
-    sft_steps: int = 150
+    sft_steps: int = 200
     rm_steps: int = 300
     ppo_steps: int = 40             # PPO iterations (rollout + optimisation)
     dpo_steps: int = 200

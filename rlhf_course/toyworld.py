@@ -455,8 +455,13 @@ def make_pretraining_text(n: int, seed: int = 0) -> list[list[dict]]:
 def describe_response(prompt: Prompt, response: str) -> Counter:
     """How many sentences of each kind an answer has: the numbers behind its score."""
     counts: Counter = Counter()
+    seen: set[str] = set()
     for s in split_sentences(response):
         kind, task = SENTENCES.get(s, ("garbled", None))
+        if s in seen and kind != "garbled":
+            counts["repeat"] += 1
+            continue
+        seen.add(s)
         if kind in ("tip", "harmful_tip"):
             kind = "on_topic" if task == prompt.task else "off_topic"
         counts[kind] += 1
@@ -484,3 +489,22 @@ def write_toy_data(out_dir="data/toy") -> dict[str, str]:
     train = save_preferences(make_preference_pairs(N_PREF_TRAIN, seed=2), out / "preferences_train.jsonl")
     test = save_preferences(make_preference_pairs(N_PREF_TEST, seed=3, prompts=all_prompts()), out / "preferences_test.jsonl")
     return {"sft": str(sft), "preferences_train": str(train), "preferences_test": str(test)}
+
+
+def prompt_text(prompt: str | list[dict]) -> str:
+    """The user's request from a plain prompt or a conversation (its last user message)."""
+    if isinstance(prompt, str):
+        return prompt
+    return next(m["content"] for m in reversed(prompt) if m["role"] == "user")
+
+
+def ground_truth_rewards(prompts: list, completions: list, attribute: str = "total") -> list[float]:
+    """A reward function over a batch, with the signature every trainer here accepts:
+    prompts (plain or conversational) and completions (`sampling.Completion`, or plain strings that
+    ended). `attribute`: "total", "helpful" or "harmless"."""
+    out = []
+    for p, c in zip(prompts, completions):
+        text, ended = (c, True) if isinstance(c, str) else (c.text, c.ended)
+        s = score(prompt_text(p), text, ended)
+        out.append(s.total if attribute == "total" else getattr(s, attribute))
+    return out
