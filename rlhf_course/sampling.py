@@ -53,9 +53,16 @@ def sample_ids(
     return query, response, ended
 
 
+def answer_mask(response: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """(B, Tr) -> (B, Tr) long: 1 on the answer's tokens up to and including its first EOS, 0 after.
+    By position, not by "is not padding": some tokenizers pad with the EOS token itself."""
+    is_eos = response == eos_token_id
+    return ((is_eos.cumsum(dim=1) - is_eos.long()) == 0).long()
+
+
 def decode_responses(tokenizer, response: torch.Tensor, ended: torch.Tensor) -> list[Completion]:
     texts = tokenizer.batch_decode(response, skip_special_tokens=True)
-    lengths = (response != tokenizer.pad_token_id).sum(dim=1)
+    lengths = answer_mask(response, tokenizer.eos_token_id).sum(dim=1)
     return [Completion(t.strip(), bool(e), int(n)) for t, e, n in zip(texts, ended, lengths)]
 
 
