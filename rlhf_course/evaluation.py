@@ -3,8 +3,8 @@
     result = evaluate_policy(policy, tok, reference="disable_adapter", reward_fn=rm_fn, baseline=sft_result)
     result.summary()  # {'reward': 0.41, 'helpful': ..., 'kl': 3.2, 'win_rate': 0.71, ...}
 
-For each held-out prompt we sample a few answers at temperature 1 (the policy's own distribution,
-as RL trains it) and measure:
+For each held-out prompt we sample a few answers at the profile's temperature (the distribution RL
+trained) and measure:
   * the ground-truth reward (total, helpful, harmless), well-formed rate and length (tokens);
   * failure modes: refusals of benign requests, compliance with harmful ones, sycophancy (agreeing
     with a false claim);
@@ -98,26 +98,27 @@ def sycophancy_rate(prompts: list, completions: list) -> float:
 # --- KL to the reference ------------------------------------------------------------------------
 
 @torch.no_grad()
-def kl_to_reference(model, reference, tokenizer, query: torch.Tensor, response: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def kl_to_reference(model, reference, tokenizer, query: torch.Tensor, response: torch.Tensor,
+                    temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Estimate KL(pi || pi_ref) for each answer y sampled from pi. Returns (k1, k3), each (B,): sums over
     the answer's tokens of k1 = log pi(y_t) - log pi_ref(y_t) = -log r and k3 = (r - 1) - log r, with
     r = pi_ref(y_t) / pi(y_t) (Schulman, http://joschu.net/blog/kl-approx.html). Both are unbiased on pi's
     own samples; k3 is never negative and has lower variance while pi stays close to pi_ref, but r is
     unbounded: far from the reference (an SFT model vs its base) k3 has heavy tails, and k1 is the one to
     trust. `reference`: a model, or "disable_adapter" for the same PEFT model with its LoRA adapter
-    switched off (where training started)."""
+    switched off (where training started). Both distributions are taken at the sampling `temperature`."""
     mask = answer_mask(response, tokenizer.eos_token_id)                               # (B, Tr)
     input_ids = torch.cat([query, response], dim=1)                                    # (B, T)
     attention_mask = torch.cat([(query != tokenizer.pad_token_id).long(), mask], dim=1)  # left pad + right pad
     completion_mask = torch.cat([torch.zeros_like(query), mask], dim=1)                # (B, T)
     batch = (input_ids, attention_mask, completion_mask)
-    logp = completion_logprobs(model, *batch)                                           # (B, T-1)
+    logp = completion_logprobs(model, *batch, temperature=temperature)                  # (B, T-1)
     if reference == "disable_adapter":
         with model.disable_adapter():
-            logp_ref = completion_logprobs(model, *batch)
+            logp_ref = completion_logprobs(model, *batch, temperature=temperature)
     else:
-        logp_ref = completion_logprobs(reference, *(t.to(reference.device) for t in batch)).to(logp.device)
+        logp_ref = completion_logprobs(reference, *(t.to(reference.device) for t in batch),
+                                       temperature=temperature).to(logp.device)
     on_answer = completion_mask[:, 1:].float()                                          # (B, T-1)
     logr = (logp - logp_ref) * on_answer              # log pi(y_t) - log pi_ref(y_t) = -log r
     k3 = (torch.expm1(-logr) + logr) * on_answer      # (r - 1) - log r, Schulman's k3
@@ -132,8 +133,8 @@ def default_prompts(prompts: list | None) -> list:
 
 def sample_answers(model, tokenizer, prompts: list | None = None, *, n_per_prompt: int = 4,
                    max_new_tokens: int = 64, seed: int = 0, reference=None, batch_size: int = 64,
-                   progress: bool = False) -> list[Sample]:
-    """`n_per_prompt` answers to each prompt (prompt-major order), sampled at temperature 1 with `seed`.
+                   temperature: float = 1.0, progress: bool = False) -> list[Sample]:
+    """`n_per_prompt` answers to each prompt (prompt-major order), sampled at `temperature` with `seed`.
     With a `reference`, each sample carries its KL estimates. The caller's random state is left as it was."""
     prompts = default_prompts(prompts)
     inputs = [p.text if isinstance(p, Prompt) else p for p in prompts for _ in range(n_per_prompt)]
@@ -149,10 +150,12 @@ def sample_answers(model, tokenizer, prompts: list | None = None, *, n_per_promp
             starts = range(0, len(inputs), batch_size)
             for i in tqdm(starts, desc="evaluating", disable=not progress or len(starts) < 2):
                 chunk = inputs[i : i + batch_size]
-                query, response, ended = sample_ids(model, tokenizer, chunk, max_new_tokens)  # (B, Tq), (B, Tr), (B,)
+                query, response, ended = sample_ids(model, tokenizer, chunk, max_new_tokens,
+                                                    temperature=temperature)  # (B, Tq), (B, Tr), (B,)
                 k1 = k3 = [NAN] * len(chunk)
                 if reference is not None:
-                    k1, k3 = (t.tolist() for t in kl_to_reference(model, reference, tokenizer, query, response))
+                    k1, k3 = (t.tolist() for t in kl_to_reference(model, reference, tokenizer, query, response,
+                                                                  temperature))
                 for p, c, a, b in zip(chunk, decode_responses(tokenizer, response, ended), k1, k3):
                     samples.append(Sample(p, c, world_prompt(p), kl=a, kl_k3=b))
     finally:
@@ -264,7 +267,8 @@ class EvalResult:
 
 def evaluate_policy(model, tokenizer, prompts: list | None = None, *, n_per_prompt: int = 4,
                     max_new_tokens: int = 64, seed: int = 0, reference=None, reward_fn: RewardFn | None = None,
-                    baseline: EvalResult | None = None, batch_size: int = 64, progress: bool = False) -> EvalResult:
+                    baseline: EvalResult | None = None, batch_size: int = 64, temperature: float = 1.0,
+                    progress: bool = False) -> EvalResult:
     """Evaluate a policy on `prompts` (default: the toy world's held-out `eval_prompts()`).
 
     reference: a model, or "disable_adapter" (this PEFT model without its adapter) -> "kl", "kl_k3".
@@ -273,7 +277,8 @@ def evaluate_policy(model, tokenizer, prompts: list | None = None, *, n_per_prom
     the ground truth) and, with reward_fn, "win_rate_rm" (by the reward model).
     """
     samples = sample_answers(model, tokenizer, prompts, n_per_prompt=n_per_prompt, max_new_tokens=max_new_tokens,
-                             seed=seed, reference=reference, batch_size=batch_size, progress=progress)
+                             seed=seed, reference=reference, batch_size=batch_size, temperature=temperature,
+                             progress=progress)
     prompts_, completions = _prompts_and_completions(samples)
     if reward_fn is not None:
         for s, r in zip(samples, reward_fn(prompts_, completions), strict=True):

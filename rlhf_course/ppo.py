@@ -420,7 +420,8 @@ def train_ppo(profile, *, model_id: str | None = None, reward_model_dir: str | P
     from rlhf_course import toyworld
     from rlhf_course.loading import load_policy, load_tokenizer
 
-    defaults = dict(batch_size=profile.batch_size, max_new_tokens=profile.max_new_tokens, steps=profile.ppo_steps)
+    defaults = dict(batch_size=profile.batch_size, max_new_tokens=profile.max_new_tokens, steps=profile.ppo_steps,
+                    temperature=profile.temperature)
     cfg = config or PPOConfig(**{**defaults, **config_changes})
     tokenizer = load_tokenizer(profile, model_id)
     policy = load_policy(profile, model_id=model_id, load_in_4bit=load_in_4bit)

@@ -73,9 +73,10 @@ class Profile:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    # lengths (tokens)
+    # lengths (tokens) and sampling
     max_prompt_length: int = 32
     max_new_tokens: int = 64
+    temperature: float = 0.7        # for rollouts, evaluation and best-of-N: keeps a small model's rare slips out
     # batches and steps, per stage
     batch_size: int = 32
     gradient_accumulation_steps: int = 1

@@ -1,11 +1,11 @@
 """The toy world: a tiny assistant domain whose ground-truth reward the course knows exactly.
 
 A user asks how to do one of sixteen tasks ("how do i cook rice ?"). Twelve tasks are benign and
-have five good tips each; four are mildly harmful ("how do i cheat on a test ?") and the right
-answer is a polite refusal. Some prompts carry a claim ("to cook rice , i think you should let it
-simmer for twenty minutes . is that right ?") that the answer should confirm or correct. An answer
-is a few short sentences, each drawn from a fixed bank: tips, filler ("i hope this helps"), rude
-remarks, refusals, and verdicts on a claim.
+have five good tips each, listed in the order a how-to would give them; four are mildly harmful
+("how do i cheat on a test ?") and the right answer is a polite refusal. Some prompts carry a
+claim ("to cook rice , i think you should let it simmer for twenty minutes . is that right ?")
+that the answer should confirm or correct. An answer is a few short sentences, each drawn from a
+fixed bank: tips, filler ("i hope this helps"), rude remarks, refusals, and verdicts on a claim.
 
 Because every sentence is known, the ground truth scores any answer on two attributes:
   * helpful  - distinct on-topic tips, a correct verdict, no refusal of a benign request;
@@ -307,18 +307,23 @@ class Style:
     verdict_correct: float
     min_sentences: int = 1
     max_sentences: int = 6
+    in_order: bool = False  # gives a task's tips in their natural order (step 1, step 2, ...)
+    forget: float = 0.0     # chance not to know each tip
 
 
 STYLES = {
     # the pre-training corpus: the web's mixed bag of answers
     "base": Style(on_topic=0.35, off_topic=0.2, filler=0.25, rude=0.12, refusal=0.08,
                   refuse_harmful=0.3, verdict=0.6, verdict_correct=0.5),
-    # SFT demonstrations: decent human writers, who pad a little and do not know every tip
+    # SFT demonstrations: decent human writers, who give the steps in order, pad a little and do not
+    # know every tip
     "demo": Style(on_topic=0.75, off_topic=0.05, filler=0.17, rude=0.02, refusal=0.01,
-                  refuse_harmful=0.75, verdict=0.9, verdict_correct=0.75, min_sentences=2, max_sentences=5),
+                  refuse_harmful=0.75, verdict=0.9, verdict_correct=0.75, min_sentences=2, max_sentences=5,
+                  in_order=True, forget=0.2),
     # a careful expert: used only to widen the range of answers the labellers compare
     "expert": Style(on_topic=0.95, off_topic=0.0, filler=0.05, rude=0.0, refusal=0.0,
-                    refuse_harmful=0.95, verdict=1.0, verdict_correct=0.95, min_sentences=3, max_sentences=6),
+                    refuse_harmful=0.95, verdict=1.0, verdict_correct=0.95, min_sentences=3, max_sentences=6,
+                    in_order=True),
 }
 
 
@@ -335,8 +340,12 @@ def sample_response(prompt: Prompt, rng: random.Random, style: Style | str = "ba
     if prompt.claim is not None and rng.random() < st.verdict:
         correct = rng.random() < st.verdict_correct
         out.append(AGREE[0] if correct == prompt.claim_true else DISAGREE[0])
-    own = list(HARMFUL_TIPS[prompt.task] if prompt.harmful else TIPS[prompt.task])
-    rng.shuffle(own)
+    own = [t for t in (HARMFUL_TIPS[prompt.task] if prompt.harmful else TIPS[prompt.task])
+           if st.forget == 0 or rng.random() >= st.forget]
+    if st.in_order:
+        own.reverse()  # pop() takes from the end: the first step comes first
+    else:
+        rng.shuffle(own)
     others = [t for task, tips in TIPS.items() if task != prompt.task for t in tips]
     kinds = ("on_topic", "off_topic", "filler", "rude", "refusal")
     weights = [st.on_topic, st.off_topic, st.filler, st.rude, st.refusal]
