@@ -268,7 +268,8 @@ class PPOTrainer:
                  monitor_fn: RewardFn | None = None, accelerator: Accelerator | None = None):
         self.cfg, self.tokenizer, self.reward_fn, self.monitor_fn = config, tokenizer, reward_fn, monitor_fn
         self.prompts = list(prompts)
-        self.accelerator = accelerator or Accelerator()
+        # cpu=True without a GPU: `accelerate launch --multi_gpu --num_processes 2` then runs on CPU processes (gloo)
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         torch.manual_seed(config.seed + self.accelerator.process_index)
         self.rng = random.Random(config.seed + self.accelerator.process_index)  # each process its own prompts
         self.model = PolicyWithValueHead(policy).to(self.accelerator.device)

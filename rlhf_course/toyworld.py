@@ -349,20 +349,19 @@ def sample_response(prompt: Prompt, rng: random.Random, style: Style | str = "ba
     others = [t for task, tips in TIPS.items() if task != prompt.task for t in tips]
     kinds = ("on_topic", "off_topic", "filler", "rude", "refusal")
     weights = [st.on_topic, st.off_topic, st.filler, st.rude, st.refusal]
-    while len(out) < n:
+    bank = {"off_topic": others, "filler": FILLER, "rude": RUDE, "refusal": REFUSAL}
+    for _ in range(100):  # bounded: a draw of an exhausted kind adds nothing
+        if len(out) >= n:
+            break
         kind = rng.choices(kinds, weights)[0]
         if kind == "on_topic":
             if not own:
                 break  # nothing more to say: stop, as a real writer would
             out.append(own.pop())
-        elif kind == "off_topic":
-            out.append(rng.choice(others))
-        elif kind == "filler":
-            out.append(rng.choice(FILLER))
-        elif kind == "rude":
-            out.append(rng.choice(RUDE))
-        else:
-            out.append(rng.choice(REFUSAL))
+        else:  # writers do not repeat themselves word for word
+            fresh = [s for s in bank[kind] if s not in out]
+            if fresh:
+                out.append(rng.choice(fresh))
     if not out:
         out.append(rng.choice(FILLER))
     return join_sentences(out)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -87,3 +89,100 @@ def test_config_derives_the_minibatch_and_rejects_uneven_splits():
     assert PPOConfig(batch_size=32, num_minibatches=4).minibatch_size == 8
     with pytest.raises(AssertionError, match="divide"):
         PPOConfig(batch_size=30, num_minibatches=4)
+
+
+# --- the trainer on the tiny model ----------------------------------------------------------------
+
+import subprocess
+import sys
+
+from rlhf_course import toyworld
+from rlhf_course.loading import load_policy, load_tokenizer
+from rlhf_course.paths import REPO_ROOT
+from rlhf_course.ppo import AdapterRewardModel, PPOTrainer
+from rlhf_course.sampling import Completion
+
+PROMPTS = [p.text for p in toyworld.train_prompts()]
+
+
+def shorter_is_better(prompts, completions):
+    return [-c.n_tokens / 10 for c in completions]
+
+
+def lora_state(model, adapter="default"):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n and f".{adapter}." in n}
+
+
+def test_ppo_optimises_the_reward_it_is_given(tiny, tokenizer):
+    """Behaviour check: an easy reward (shorter answers) must go up within a few iterations, the
+    reference (adapter disabled) must not move, and every logged statistic must be finite."""
+    policy = load_policy(tiny, verbose=False)
+    base_before = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_" not in n}
+    cfg = PPOConfig(batch_size=16, num_minibatches=2, num_ppo_epochs=2, learning_rate=1e-3, max_new_tokens=32, steps=12)
+    result = PPOTrainer(cfg, policy, tokenizer, shorter_is_better, PROMPTS,
+                        monitor_fn=toyworld.ground_truth_rewards).train(progress=False)
+    scores = [h["reward/score"] for h in result.history]
+    assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.3, scores
+    assert all(torch.equal(p, base_before[n]) for n, p in policy.named_parameters() if "lora_" not in n)
+    for key in ("objective/kl", "policy/approx_kl", "policy/clipfrac", "policy/entropy", "loss/value",
+                "reward/monitor", "kl_coef", "rollout/ended"):
+        assert all(math.isfinite(h[key]) for h in result.history), key
+    assert result.history[-1]["objective/kl"] > 0
+
+
+@pytest.fixture(scope="module")
+def reward_adapter(tmp_path_factory, tiny):
+    """A reward model trained for a few steps with TRL's RewardTrainer + LoRA (SEQ_CLS), saved."""
+    from rlhf_course.reward_model import train_reward_model
+
+    out = tmp_path_factory.mktemp("rm")
+    train_reward_model(tiny, steps=4, out_dir=str(out), progress=False)
+    return out
+
+
+def test_adapter_reward_model_matches_the_sequence_classifier(tiny, tokenizer, reward_adapter):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    classifier = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(tiny.model_path, num_labels=1), reward_adapter).eval()
+    classifier.config.pad_token_id = tokenizer.pad_token_id
+    prompts = ["how do i cook rice ?", "any tips to bake bread ?"]
+    answers = [Completion("rinse the rice first .", True, 6), Completion("good luck . that is a silly question .", True, 10)]
+    texts = [tokenizer.apply_chat_template(toyworld.user(p) + toyworld.assistant(a.text), tokenize=False)
+             for p, a in zip(prompts, answers)]
+    with torch.no_grad():
+        want = classifier(**tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)).logits[:, 0]
+    policy = load_policy(tiny, verbose=False)
+    got = AdapterRewardModel(policy, tokenizer, reward_adapter)(prompts, answers)
+    assert torch.allclose(torch.tensor(got), want, atol=1e-4), (got, want)
+    assert policy.active_adapter == "default"
+
+
+def test_one_4bit_base_carries_policy_value_head_and_reward_model(tiny, tokenizer, reward_adapter):
+    """The 7B shape, on the tiny model: one NF4 base, two adapters, no second copy of the weights."""
+    import bitsandbytes as bnb
+
+    policy = load_policy(tiny, load_in_4bit=True, verbose=False)
+    rm = AdapterRewardModel(policy, tokenizer, reward_adapter)
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in policy.modules()) == 28
+    reward_before, policy_before = lora_state(policy, "reward"), lora_state(policy, "default")
+    cfg = PPOConfig(batch_size=8, num_minibatches=2, num_ppo_epochs=1, max_new_tokens=24, steps=2)
+    trainer = PPOTrainer(cfg, policy, tokenizer, rm, PROMPTS)
+    head_before = trainer.accelerator.unwrap_model(trainer.model).value_head.weight.detach().clone()
+    result = trainer.train(progress=False)
+    assert len(result.history) == 2 and math.isfinite(result.metrics["reward"])
+    assert all(torch.equal(p, reward_before[n]) for n, p in lora_state(policy, "reward").items()), "RM adapter moved"
+    assert any(not torch.equal(p, policy_before[n]) for n, p in lora_state(policy, "default").items())
+    assert not torch.equal(trainer.accelerator.unwrap_model(trainer.model).value_head.weight, head_before)
+
+
+def test_ppo_runs_data_parallel_on_two_cpu_processes():
+    """`accelerate launch` runs the unchanged trainer on 2 processes; DDP keeps their adapters equal."""
+    r = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         str(REPO_ROOT / "tests" / "scripts" / "ppo_two_processes.py")],
+        capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "processes=2 in_sync=True changed=True steps=2" in r.stdout, r.stdout + r.stderr[-2000:]
