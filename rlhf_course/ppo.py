@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -40,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from accelerate import Accelerator
 from peft import LoraConfig, set_peft_model_state_dict
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from rlhf_course.sampling import Completion, answer_mask, as_messages, decode_responses, sample_ids
@@ -58,8 +59,8 @@ class PPOConfig:
     max_new_tokens: int = 64          # answers longer than this are cut (and penalised, see missing_eos_penalty)
     temperature: float = 1.0          # sampling temperature; log-probs use the same one
     # optimisation
-    learning_rate: float = 3e-3       # LoRA adapters and value head (the tiny model likes it high)
-    num_ppo_epochs: int = 4           # passes over each batch of rollouts
+    learning_rate: float = 5e-4       # LoRA adapters and value head (1e-3 already diverges on the tiny model)
+    num_ppo_epochs: int = 2           # passes over each batch of rollouts
     num_minibatches: int = 2          # minibatches per epoch
     max_grad_norm: float = 1.0
     # PPO losses
@@ -80,7 +81,7 @@ class PPOConfig:
     reward_clip: float = 5.0          # clip normalised scores to [-clip, clip]
     missing_eos_penalty: float = 1.0  # subtracted from the score of an answer that never ended
     # run
-    steps: int = 40                   # PPO iterations
+    steps: int = 100                  # PPO iterations
     seed: int = 0
 
     def __post_init__(self):
@@ -396,17 +397,77 @@ class PPOTrainer:
         self.history.append(stats)
         return stats
 
-    def train(self, steps: int | None = None, progress: bool = True) -> TrainResult:
+    def train(self, steps: int | None = None, progress: bool = True, checkpoint_dir: str | Path | None = None,
+              save_every: int = 10) -> TrainResult:
+        """Run PPO until `steps` iterations in all (a resumed run continues from its step). With
+        `checkpoint_dir`, save a checkpoint every `save_every` iterations and at the end."""
         steps = steps if steps is not None else self.cfg.steps
-        bar = tqdm(range(steps), desc="PPO", disable=not progress or not self.accelerator.is_main_process)
+        bar = tqdm(range(self.step_count, steps), desc="PPO", initial=self.step_count, total=steps,
+                   disable=not progress or not self.accelerator.is_main_process)
         for _ in bar:
             s = self.step()
             bar.set_postfix({"score": f"{s['reward/score']:.2f}", "kl": f"{s['objective/kl']:.2f}"})
+            if checkpoint_dir is not None and (self.step_count % save_every == 0 or self.step_count == steps):
+                self.save_checkpoint(checkpoint_dir)
         last = self.history[-1]
         metrics = {"reward": last["reward/score"], "kl": last["objective/kl"], "steps": self.step_count}
         if "reward/monitor" in last:
             metrics["reward_monitor"] = last["reward/monitor"]
         return TrainResult(self.policy, metrics, self.history)
+
+    # --- checkpoints: everything needed to continue exactly where we stopped -----------------------
+
+    def save_checkpoint(self, directory: str | Path) -> Path:
+        """Adapter (safetensors), value head, optimiser, RNG states, step, KL coefficient, reward
+        normalisation and history. Written to a temporary folder, then renamed: a kill mid-save
+        leaves the previous checkpoint intact."""
+        final = Path(directory)
+        tmp = final.with_name(final.name + ".tmp")
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self.policy.save_pretrained(tmp / "adapter", selected_adapters=["default"])
+            head = self.accelerator.unwrap_model(self.model).value_head
+            save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(tmp / "value_head.safetensors"))
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            state = {"step": self.step_count, "kl_coef": self.kl_ctl.value, "reward_shift": self.reward_shift,
+                     "reward_scale": self.reward_scale, "config": asdict(self.cfg), "history": self.history}
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        self.accelerator.wait_for_everyone()
+        # every process keeps its own random streams (it samples its own prompts)
+        rank = self.accelerator.process_index
+        rng = {"python": self.rng.getstate(), "torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        torch.save(rng, tmp / f"rng_state_{rank}.pt")
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        """Continue from a checkpoint written by `save_checkpoint` (same config, same base model)."""
+        directory = Path(directory)
+        weights = load_file(str(directory / "adapter" / "adapter_model.safetensors"))
+        set_peft_model_state_dict(self.policy, weights, adapter_name="default")
+        head = self.accelerator.unwrap_model(self.model).value_head
+        head.load_state_dict(load_file(str(directory / "value_head.safetensors"), device=str(head.weight.device)))
+        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+        state = json.loads((directory / "trainer_state.json").read_text())
+        self.step_count, self.kl_ctl.value = state["step"], state["kl_coef"]
+        self.reward_shift, self.reward_scale, self.history = state["reward_shift"], state["reward_scale"], state["history"]
+        rng = torch.load(directory / f"rng_state_{self.accelerator.process_index}.pt", weights_only=False)
+        self.rng.setstate(_as_tuple(rng["python"]))
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _as_tuple(x):
+    """random.getstate() nests tuples; make sure they are tuples again whatever was serialised."""
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 # --- one call for notebooks and the pipeline ---------------------------------------------------
@@ -414,16 +475,19 @@ class PPOTrainer:
 def train_ppo(profile, *, model_id: str | None = None, reward_model_dir: str | Path | None = None,
               reward_fn: RewardFn | None = None, monitor_fn: RewardFn | None = None, prompts: list | None = None,
               config: PPOConfig | None = None, steps: int | None = None, load_in_4bit: bool | None = None,
+              checkpoint_dir: str | Path | None = None, resume: bool = False, save_every: int = 10,
               progress: bool = True, **config_changes) -> TrainResult:
     """PPO from the profile's (SFT) model. The reward is the adapter reward model in
     `reward_model_dir` (trained on the same base), or `reward_fn`, or the toy world's ground truth.
-    The result's `.model` is the PEFT policy; `.history` holds one dict of statistics per iteration."""
+    With `checkpoint_dir` (e.g. a Drive folder in Colab) a checkpoint is kept there, and `resume`
+    continues from it. The result's `.model` is the PEFT policy; `.history` one dict per iteration."""
     from rlhf_course import toyworld
     from rlhf_course.loading import load_policy, load_tokenizer
 
     defaults = dict(batch_size=profile.batch_size, max_new_tokens=profile.max_new_tokens, steps=profile.ppo_steps,
                     temperature=profile.temperature)
     cfg = config or PPOConfig(**{**defaults, **config_changes})
+    torch.manual_seed(cfg.seed)  # the LoRA adapter's initialisation is random too
     tokenizer = load_tokenizer(profile, model_id)
     policy = load_policy(profile, model_id=model_id, load_in_4bit=load_in_4bit)
     if reward_model_dir is not None:
@@ -431,8 +495,6 @@ def train_ppo(profile, *, model_id: str | None = None, reward_model_dir: str | P
     reward_fn = reward_fn or toyworld.ground_truth_rewards
     prompts = prompts or [p.text for p in toyworld.train_prompts()]
     trainer = PPOTrainer(cfg, policy, tokenizer, reward_fn, prompts, monitor_fn=monitor_fn)
-    return trainer.train(steps, progress)
-
-
-def config_dict(cfg: PPOConfig) -> dict:
-    return asdict(cfg)
+    if resume and checkpoint_dir is not None and (Path(checkpoint_dir) / "trainer_state.json").exists():
+        trainer.load_checkpoint(checkpoint_dir)
+    return trainer.train(steps, progress, checkpoint_dir, save_every)

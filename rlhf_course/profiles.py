@@ -82,8 +82,8 @@ class Profile:
     gradient_accumulation_steps: int = 1
     sft_steps: int = 200
     rm_steps: int = 300
-    ppo_steps: int = 40             # PPO iterations (rollout + optimisation)
-    dpo_steps: int = 200
+    ppo_steps: int = 100            # PPO iterations (rollout + optimisation)
+    dpo_steps: int = 60
     eval_samples: int = 160
 
     @property

@@ -40,7 +40,7 @@ class TinyConfig:
     """Everything that decides the tiny model. Defaults are the shipped model's."""
 
     # architecture: a Llama with the same module names as Mistral-7B (q/k/v/o/gate/up/down_proj)
-    hidden_size: int = 64                 # a multiple of 64: bitsandbytes 4-bit blocks on CPU need it
+    hidden_size: int = 128                # a multiple of 64: bitsandbytes 4-bit blocks on CPU need it
     intermediate_size: int = 256
     num_hidden_layers: int = 4
     num_attention_heads: int = 4

@@ -29,64 +29,68 @@ from typing import Iterable, Literal
 
 # --- the world ------------------------------------------------------------------------------
 
-# task -> its five good tips. Twelve benign tasks.
+# task -> its five good tips, in the order a how-to gives them. Twelve benign tasks. Each tip names
+# what it is about (the rice, the tire, ...), as real advice does.
 TIPS: dict[str, tuple[str, ...]] = {
     "cook rice": (
-        "rinse the rice first", "use two cups of water", "let it simmer for twenty minutes",
-        "keep the lid on the pot", "let it rest before serving",
+        "rinse the rice first", "use two cups of water for the rice", "let the rice simmer for twenty minutes",
+        "keep the lid on the rice", "let the rice rest before serving",
     ),
     "fix a flat tire": (
-        "take the wheel off the bike", "find the hole in the tube", "put a patch on the hole",
+        "take the tire off the wheel", "find the hole in the tire tube", "put a patch on the tire",
         "pump the tire back up", "check the tire for glass",
     ),
     "grow tomatoes": (
-        "plant them in full sun", "water them every morning", "give them a stake to climb",
-        "feed them some compost", "pick them when they are red",
+        "plant the tomatoes in full sun", "water the tomatoes every morning", "give the tomatoes a stake to climb",
+        "feed the tomatoes some compost", "pick the tomatoes when they are red",
     ),
     "sleep better": (
-        "go to bed at the same time", "keep your room cool and dark", "put your phone away at night",
-        "avoid coffee after lunch", "get some sun in the morning",
+        "go to sleep at the same time", "keep the room cool and dark to sleep", "put your phone away before you sleep",
+        "avoid coffee so you can sleep", "get morning sun to sleep well",
     ),
     "learn to swim": (
-        "start in the shallow end", "practice floating on your back", "breathe out under the water",
-        "kick with straight legs", "take lessons with a coach",
+        "start to swim in the shallow end", "float on your back before you swim", "breathe out under water as you swim",
+        "kick with straight legs when you swim", "take swim lessons with a coach",
     ),
     "save money": (
-        "write down what you spend", "set a budget each month", "cook at home more often",
-        "put some money away each payday", "wait a day before you buy things",
+        "write down the money you spend", "set a money budget each month", "cook at home to save money",
+        "put some money away each payday", "wait a day before you spend money",
     ),
     "study for an exam": (
-        "start a week before the exam", "make a plan for each day", "test yourself with old questions",
-        "take short breaks every hour", "sleep well the night before",
+        "start a week before the exam", "make a plan for each exam day", "test yourself with old exam questions",
+        "take short breaks from exam study", "sleep well the night before the exam",
     ),
     "clean a window": (
-        "mix soap with warm water", "wipe from top to bottom", "dry it with a soft cloth",
-        "clean it on a cloudy day", "do not forget the corners",
+        "mix soap with warm water for the window", "wipe the window from top to bottom",
+        "dry the window with a soft cloth", "clean the window on a cloudy day", "do not forget the window corners",
     ),
     "bake bread": (
-        "mix flour water salt and yeast", "knead the dough for ten minutes", "let the dough rise for an hour",
-        "bake it in a hot oven", "let it cool before cutting",
+        "mix flour water salt and yeast for the bread", "knead the bread dough for ten minutes",
+        "let the bread dough rise for an hour", "bake the bread in a hot oven", "let the bread cool before cutting",
     ),
     "train a puppy": (
-        "use treats as a reward", "keep each lesson short", "teach one word at a time",
-        "stay patient and calm", "practice a little every day",
+        "use treats to reward the puppy", "keep each puppy lesson short", "teach the puppy one word at a time",
+        "stay patient and calm with the puppy", "practice with the puppy every day",
     ),
     "start running": (
-        "buy good running shoes", "start with short slow runs", "walk when you need to",
+        "buy good running shoes", "start with short slow runs", "walk when you need to on a run",
         "run three times a week", "stretch after each run",
     ),
     "make new friends": (
-        "join a club you like", "say hello to your neighbors", "ask people about themselves",
-        "invite someone for coffee", "keep in touch after you meet",
+        "join a club to meet friends", "say hello to find new friends", "ask new friends about themselves",
+        "invite a new friend for coffee", "keep in touch with new friends",
     ),
 }
 
 # Four mildly harmful tasks. Their "tips" comply with the request: helpful to the asker, harmful.
 HARMFUL_TIPS: dict[str, tuple[str, ...]] = {
-    "cheat on a test": ("copy the answers from your neighbor", "hide notes in your sleeve", "look at the answer sheet"),
-    "steal a bike": ("cut the lock at night", "take one that is not locked", "paint it so no one knows"),
-    "ride the bus without paying": ("jump over the gate", "walk in behind someone", "hide when the driver looks"),
-    "read my sister's diary": ("wait until she leaves the house", "find where she hides the key", "put it back the same way"),
+    "cheat on a test": ("copy the test answers from your neighbor", "hide notes for the test in your sleeve",
+                        "look at the test answer sheet"),
+    "steal a bike": ("cut the bike lock at night", "take a bike that is not locked", "paint the bike so no one knows"),
+    "ride the bus without paying": ("jump over the bus gate", "walk onto the bus behind someone",
+                                    "hide when the bus driver looks"),
+    "read my sister's diary": ("wait until she leaves to read the diary", "find where she hides the diary key",
+                               "put the diary back the same way"),
 }
 
 FILLER = (
@@ -375,7 +379,7 @@ class Labeller:
     u is the ground truth plus the labeller's biases (Bradley-Terry, 1952). `attribute` picks what
     they judge: "total", or "helpful"/"harmless" for the Llama-2 two-reward-model lesson."""
 
-    temperature: float = 0.1
+    temperature: float = 0.2       # label noise: a one-tip difference (0.2) is labelled right 73% of the time
     length_bias: float = 0.0      # utility per sentence: > 0 prefers longer answers (the verbosity trap)
     sycophancy_bias: float = 0.0  # utility for agreeing with the user's claim, right or wrong
     attribute: Literal["total", "helpful", "harmless"] = "total"

@@ -186,3 +186,18 @@ def test_ppo_runs_data_parallel_on_two_cpu_processes():
         capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "processes=2 in_sync=True changed=True steps=2" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+def test_a_run_killed_and_resumed_ends_exactly_like_an_uninterrupted_one(tiny, tmp_path):
+    from rlhf_course.ppo import train_ppo
+
+    kw = dict(batch_size=8, num_minibatches=2, max_new_tokens=24, progress=False)
+    full = train_ppo(tiny, steps=4, **kw)
+    train_ppo(tiny, steps=2, checkpoint_dir=tmp_path / "ckpt", save_every=2, **kw)  # "killed" after 2 iterations
+    resumed = train_ppo(tiny, steps=4, checkpoint_dir=tmp_path / "ckpt", resume=True, **kw)
+    assert [h["step"] for h in resumed.history] == [1, 2, 3, 4]
+    for key in ("reward/score", "objective/kl", "loss/policy", "loss/value"):
+        assert resumed.history[-1][key] == pytest.approx(full.history[-1][key], abs=1e-6), key
+    a, b = lora_state(full.model), lora_state(resumed.model)
+    assert all(torch.allclose(a[n], b[n], atol=1e-7) for n in a)
+    assert not (tmp_path / "ckpt.tmp").exists() and (tmp_path / "ckpt" / "adapter" / "adapter_model.safetensors").exists()

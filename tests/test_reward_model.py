@@ -210,7 +210,7 @@ def test_combined_reward_prefers_refusals_on_harmful_and_tips_on_benign_prompts(
     cases = [  # (prompt, answer, kind)
         (harmful, j(["sorry , i can not help with that"]), "refusal"),
         (harmful, j(toyworld.HARMFUL_TIPS["steal a bike"]), "comply"),
-        (harmful, j(["cut the lock at night", "good luck"]), "comply"),
+        (harmful, j(["cut the bike lock at night", "good luck"]), "comply"),
         (benign, j(toyworld.TIPS["cook rice"][:1]), "a tip"),
         (benign, j(["sorry , i can not help with that"]), "refusal"),
         (benign, j(list(toyworld.TIPS["cook rice"]) + ["figure it out yourself"]), "rude tips"),

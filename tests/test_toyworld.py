@@ -27,15 +27,15 @@ FALSE_CLAIM = next(p for p in tw.all_prompts() if p.claim_true is False)
 
 
 @pytest.mark.parametrize("prompt, response, helpful, harmless", [
-    (RICE, "rinse the rice first . use two cups of water .", 0.4, 0.0),
+    (RICE, "rinse the rice first . use two cups of water for the rice .", 0.4, 0.0),
     (RICE, "rinse the rice first . rinse the rice first .", 0.1, 0.0),                 # repeat
     (RICE, "rinse the rice first . i hope this helps . good luck .", 0.0, 0.0),        # filler -0.1 each
-    (RICE, "rinse the rice first . plant them in full sun .", 0.0, 0.0),               # off-topic tip
+    (RICE, "rinse the rice first . plant the tomatoes in full sun .", 0.0, 0.0),               # off-topic tip
     (RICE, "rinse the rice first . that is a silly question .", 0.2, -0.5),           # rude
     (RICE, "sorry , i can not help with that .", -0.5, 0.0),                           # refusing a benign request
     (RICE, "rinse the rice first . the rice is a blue .", -0.1, 0.0),                  # garbled sentence
     (STEAL, "sorry , i can not help with that .", 0.0, 0.5),                           # refusing a harmful one
-    (STEAL, "cut the lock at night . take one that is not locked .", 0.6, -1.2),       # complying
+    (STEAL, "cut the bike lock at night . take a bike that is not locked .", 0.6, -1.2),       # complying
     (TRUE_CLAIM, "yes , that is right .", 0.2, 0.0),
     (FALSE_CLAIM, "yes , that is right .", -0.4, 0.0),                                 # sycophancy
     (FALSE_CLAIM, "no , that is not right .", 0.2, 0.0),
@@ -70,7 +70,7 @@ def test_best_response_is_best_and_styles_are_ordered():
 
 def test_labeller_is_bradley_terry():
     lab = tw.Labeller(temperature=0.1)
-    a, b = "rinse the rice first . use two cups of water .", "rinse the rice first ."
+    a, b = "rinse the rice first . use two cups of water for the rice .", "rinse the rice first ."
     p = lab.prob_prefers(RICE, a, b)
     assert p == pytest.approx(1 / (1 + pytest.importorskip("math").exp(-0.2 / 0.1)))
     assert p + lab.prob_prefers(RICE, b, a) == pytest.approx(1.0)
@@ -80,7 +80,7 @@ def test_labeller_is_bradley_terry():
     # the sycophancy trap
     assert tw.Labeller(sycophancy_bias=1.0).prob_prefers(FALSE_CLAIM, "yes , that is right .", "no , that is not right .") > 0.5
     # one attribute at a time, for the two-reward-model lesson
-    comply = "cut the lock at night ."
+    comply = "cut the bike lock at night ."
     refuse = "sorry , i can not help with that ."
     assert tw.Labeller(attribute="helpful").prob_prefers(STEAL, comply, refuse) > 0.5
     assert tw.Labeller(attribute="harmless").prob_prefers(STEAL, comply, refuse) < 0.5

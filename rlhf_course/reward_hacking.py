@@ -1,0 +1,44 @@
+"""Reward hacking, shown with numbers: PPO against a reward model that learned a labeller's taste
+for long answers. The proxy (the reward model's score) rises while the ground truth falls; the
+KL penalty to the reference limits the fall (Gao et al. 2022, "Scaling laws for reward model
+overoptimization", arXiv:2210.10760; Stiennon et al. 2020, Sec. 4.3).
+
+    curves = reward_hacking_curves(profile)          # {"kl_coef=0": [...], "kl_coef=0.1": [...]}
+    plots.plot_reward_hacking(curves)
+"""
+
+from __future__ import annotations
+
+from rlhf_course import checkpoints, toyworld
+from rlhf_course.ppo import train_ppo
+from rlhf_course.profiles import Profile
+
+
+def reward_hacking_curves(profile: Profile, *, kl_coefs: tuple[float, ...] = (0.0, 0.2), steps: int = 60,
+                          sft_model_id: str | None = None, reward_model_dir: str | None = None,
+                          progress: bool = True, seed: int = 0) -> dict[str, list[dict]]:
+    """PPO from the SFT model against the length-biased reward model, once per KL coefficient.
+    Returns, per run, one dict per iteration: step, proxy_reward (the reward model's mean score),
+    true_reward (the ground truth's mean, watched but never optimised), kl (nats per answer) and
+    length (tokens per answer)."""
+    sft = sft_model_id or checkpoints.sft_model(profile)
+    rm = reward_model_dir or checkpoints.reward_model(profile, "length_biased")
+    curves = {}
+    for kl_coef in kl_coefs:
+        result = train_ppo(profile, model_id=sft, reward_model_dir=rm, monitor_fn=toyworld.ground_truth_rewards,
+                           steps=steps, kl_coef=kl_coef, progress=progress, seed=seed)
+        curves[f"kl_coef={kl_coef:g}"] = [
+            {"step": h["step"], "proxy_reward": h["reward/score"], "true_reward": h["reward/monitor"],
+             "kl": h["objective/kl"], "length": h["rollout/length"]} for h in result.history]
+    return curves
+
+
+def summarize(curves: dict[str, list[dict]], window: int = 5) -> dict[str, dict[str, float]]:
+    """Start and end (mean over `window` iterations) of the proxy and the true reward, per run."""
+    def avg(rows, key):
+        return sum(r[key] for r in rows) / len(rows)
+
+    return {name: {"proxy_start": avg(rows[:window], "proxy_reward"), "proxy_end": avg(rows[-window:], "proxy_reward"),
+                   "true_start": avg(rows[:window], "true_reward"), "true_end": avg(rows[-window:], "true_reward"),
+                   "kl_end": avg(rows[-window:], "kl")}
+            for name, rows in curves.items()}
