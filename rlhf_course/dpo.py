@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from rlhf_course.logprobs import sequence_logprobs
 from rlhf_course.paths import data_path
 from rlhf_course.profiles import Profile
-from rlhf_course.sft import TrainResult, trl_common_args
+from rlhf_course.sft import TrainResult, train_resumable, trl_common_args
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -166,7 +166,7 @@ def keep_dpo_columns(dataset):
 
 def dpo_config(profile: Profile, *, steps: int | None = None, beta: float | None = None, loss_type: str = "sigmoid",
                learning_rate: float | None = None, out_dir: str | None = None, progress: bool = True,
-               seed: int = 0):
+               seed: int = 0, checkpoint_dir=None, save_every: int | None = None):
     """TRL's `DPOConfig` for the profile (precision, batch and lengths from the profile; beta and
     learning rate from `TRAIN_DEFAULTS` unless given)."""
     from trl import DPOConfig
@@ -174,7 +174,7 @@ def dpo_config(profile: Profile, *, steps: int | None = None, beta: float | None
     defaults = TRAIN_DEFAULTS.get(profile.name, TRAIN_DEFAULTS["7b"])
     steps = steps or profile.dpo_steps
     return DPOConfig(
-        **trl_common_args(profile, steps, out_dir, progress, seed),
+        **trl_common_args(profile, steps, out_dir, progress, seed, checkpoint_dir=checkpoint_dir, save_every=save_every),
         learning_rate=learning_rate or defaults["learning_rate"],
         lr_scheduler_type="linear",
         warmup_steps=max(1, steps // 10),
@@ -201,7 +201,7 @@ def keep_adapter_fp32_unless_bf16(model, profile: Profile) -> None:
 def train_dpo(profile: Profile, dataset=None, *, model_id: str | None = None, steps: int | None = None,
               beta: float | None = None, loss_type: str = "sigmoid", learning_rate: float | None = None,
               load_in_4bit: bool | None = None, out_dir: str | None = None, progress: bool = True,
-              seed: int = 0) -> TrainResult:
+              seed: int = 0, checkpoint_dir=None, resume: bool = False, save_every: int | None = None) -> TrainResult:
     """Train a LoRA adapter on preference pairs with TRL's `DPOTrainer`.
 
     Starts from `model_id` (normally the merged SFT model; default: the profile's model). The reference
@@ -210,6 +210,8 @@ def train_dpo(profile: Profile, dataset=None, *, model_id: str | None = None, st
     pairs). `beta` and `learning_rate` default to `TRAIN_DEFAULTS[profile.name]`, `steps` to
     `profile.dpo_steps`. `history` holds TRL's log at each logging step: loss, rewards/chosen,
     rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejected, ...
+    With `checkpoint_dir` (e.g. a Drive folder in Colab) checkpoints are kept there every `save_every`
+    steps, and `resume=True` continues from the last one, ending exactly as an uninterrupted run.
 
     The 7b profile runs the same code with other numbers (beta 0.1, learning rate 5e-5, 100 steps of
     4 x 4 pairs; pass a real preference set such as ultrafeedback-binarized as `dataset`). The base is
@@ -233,11 +235,12 @@ def train_dpo(profile: Profile, dataset=None, *, model_id: str | None = None, st
     tokenizer = load_tokenizer(profile, model_id)
     model = load_policy(profile, lora=False, load_in_4bit=load_in_4bit, model_id=model_id)
     args = dpo_config(profile, steps=steps, beta=beta, loss_type=loss_type, learning_rate=learning_rate,
-                      out_dir=out_dir, progress=progress, seed=seed)
+                      out_dir=out_dir, progress=progress, seed=seed, checkpoint_dir=checkpoint_dir,
+                      save_every=save_every)
     trainer = DPOTrainer(model=model, args=args, train_dataset=keep_dpo_columns(dataset or load_dpo_data()),
                          processing_class=tokenizer, peft_config=lora_config(profile))
     keep_adapter_fp32_unless_bf16(trainer.model, profile)
-    out = trainer.train()
+    out = train_resumable(trainer, checkpoint_dir, resume)
     history = [h for h in trainer.state.log_history if "loss" in h]
     last = history[-1] if history else {}
     metrics = {"train_loss": out.training_loss, **{k: last[k] for k in LOGGED[1:] if k in last}}

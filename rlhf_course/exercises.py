@@ -55,13 +55,18 @@ import sys
 if "google.colab" in sys.modules:
     import subprocess
     subprocess.run(["git", "clone", "-q", "--depth", "1", "https://github.com/rlhf-course/rlhf-course",
-                    "/content/rlhf-course"], check=False)
+                    "/content/rlhf-course"], check=False)  # already there: keep it
+    subprocess.run(["git", "-C", "/content/rlhf-course", "pull", "-q"], check=False)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/rlhf-course"], check=True)
     sys.path.insert(0, "/content/rlhf-course")
 
+import rlhf_course
+from rlhf_course.errors import install_notebook_handler
 from rlhf_course.profiles import pick_profile
 
-profile = pick_profile()  # `7b` on a CUDA GPU with >= 14 GiB (a Colab T4), else `tiny`
+rlhf_course.require("0.1.0")  # stops with the fix if the installed package is older than this notebook
+install_notebook_handler()    # expected failures (no GPU, out of memory, bad data): a message, no traceback
+profile = pick_profile()      # `7b` on a CUDA GPU with >= 14 GiB (a Colab T4), else `tiny`
 print(f"profile: {profile.name}")'''
 
 

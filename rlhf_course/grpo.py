@@ -45,6 +45,28 @@ ALGORITHMS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTraine
 DEFAULT_BETA = {"grpo": 0.04, "rloo": 0.05}
 
 
+# --- the two baselines, as TRL computes them (inline in its trainers; here to be read and tested) ---
+
+def group_relative_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO: A_i = (r_i - mean(r_group)) / (std(r_group) + eps) within each group of `group_size`
+    consecutive answers to one prompt (outcome supervision, Sec. 4.1 of arXiv:2402.03300; TRL's `scale_rewards="group"`:
+    unbiased std, eps 1e-4). A group whose answers all score the same gets advantage 0."""
+    assert rewards.dim() == 1 and rewards.numel() % group_size == 0, "rewards: (B,), B a multiple of group_size"
+    grouped = rewards.view(-1, group_size)                                  # (B / G, G)
+    mean, std = grouped.mean(dim=1, keepdim=True), grouped.std(dim=1, keepdim=True)
+    return ((grouped - mean) / (std + eps)).view(-1)                        # (B,)
+
+
+def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO: A_i = r_i - mean of the other k-1 rewards of its group (Sec. 3 of arXiv:2402.14740;
+    TRL's RLOOTrainer before its optional whitening). Equals k/(k-1) * (r_i - mean(r_group))."""
+    assert rewards.dim() == 1 and rewards.numel() % group_size == 0, "rewards: (B,), B a multiple of group_size"
+    assert group_size > 1, "a leave-one-out baseline needs at least two answers per prompt"
+    grouped = rewards.view(-1, group_size)                                  # (B / k, k)
+    baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - baseline).view(-1)                                    # (B,)
+
+
 def trl_reward_func(reward_fn, eos_token_ids: list[int]):
     """Our protocol `reward_fn(prompts, completions: list[Completion]) -> list[float]` as a TRL reward
     function. TRL calls `f(prompts=..., completions=..., completion_ids=..., **columns)`; for
@@ -83,7 +105,7 @@ def train_grpo(
     model_id: str | None = None, prompts: list | None = None, steps: int | None = None,
     num_generations: int = 8, learning_rate: float = 3e-3, beta: float | None = None,
     load_in_4bit: bool | None = None, out_dir: str | None = None, progress: bool = True, seed: int = 0,
-    **trl_args,
+    callbacks: list | None = None, **trl_args,
 ) -> TrainResult:
     """Train a LoRA adapter on the profile's (SFT) model with GRPO or RLOO, through TRL.
 
@@ -110,8 +132,9 @@ def train_grpo(
         "beta": DEFAULT_BETA[algorithm] if beta is None else beta,
         "num_generations": num_generations,
         "max_completion_length": profile.max_new_tokens,
-        # 2. pure sampling from the policy (no top-k/top-p), as the policy gradient assumes
-        "temperature": 1.0, "top_k": 0, "top_p": 1.0,
+        # 2. sampling from the policy at the profile's temperature (TRL scores log-probs at the same
+        #    temperature), no top-k/top-p: the distribution the policy gradient assumes
+        "temperature": profile.temperature, "top_k": 0, "top_p": 1.0,
         # 3. dropout would make the policy's and the reference's log-probs differ on the same weights
         "disable_dropout": True,
         **trl_args,
@@ -122,7 +145,7 @@ def train_grpo(
         model=model, reward_funcs=trl_reward_func(reward_fn, list(eos_token_ids)), args=args,
         train_dataset=prompt_dataset(prompts), processing_class=tokenizer,
         # 4. a fresh LoRA adapter; the reference is the same model with the adapter disabled
-        peft_config=lora_config(profile),
+        peft_config=lora_config(profile), callbacks=callbacks,
     )
     _keep_trainable_in_fp32(trainer.model)
     out = trainer.train()

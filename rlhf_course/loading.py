@@ -26,13 +26,51 @@ class ModelLoadError(RuntimeError):
     """A model or tokenizer could not be loaded; the message says why and what to do instead."""
 
 
+TOKEN_NAME = "HF_TOKEN"  # the environment variable, and the Colab secret (key icon > Secrets)
+
+
+def hub_token_and_source() -> tuple[str | None, str | None]:
+    """The Hugging Face Hub token and where it came from ("$HF_TOKEN" or "the Colab secret HF_TOKEN"),
+    or (None, None). The token is only ever passed to `from_pretrained`: never print, log or save it,
+    and never paste it into a notebook cell (notebooks get shared)."""
+    token = os.environ.get(TOKEN_NAME, "").strip()
+    if token:
+        return token, f"${TOKEN_NAME}"
+    try:
+        from google.colab import userdata  # only in Colab
+        token = (userdata.get(TOKEN_NAME) or "").strip()
+    except Exception:  # not Colab, no such secret, or access to it not granted
+        token = ""
+    return (token, f"the Colab secret {TOKEN_NAME}") if token else (None, None)
+
+
+def hub_token() -> str | None:
+    """The Hub token from $HF_TOKEN or Colab's secrets, or None (see `hub_token_and_source`)."""
+    return hub_token_and_source()[0]
+
+
+def _causes(err: BaseException | None):
+    while err is not None:
+        yield err
+        err = err.__cause__ or err.__context__
+
+
 def _hub_error(model_id: str, err: Exception) -> ModelLoadError:
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
     text = str(err)
-    if "gated" in text.lower() or "401" in text or "403" in text:
-        why = (f"'{model_id}' is gated on the Hugging Face Hub: accept its licence on its Hub page and set "
-               "HF_TOKEN (in Colab: the key icon > Secrets > HF_TOKEN)")
+    kinds = [type(e) for e in _causes(err)]
+    if any(issubclass(k, GatedRepoError) for k in kinds) or "gated" in text.lower() or "401" in text or "403" in text:
+        _, source = hub_token_and_source()
+        token = (f"the token found ({source}) has no access to it" if source else
+                 f"no token was found (${TOKEN_NAME} or a Colab secret)")
+        why = (f"'{model_id}' is gated on the Hugging Face Hub and {token}: accept its licence on "
+               f"https://huggingface.co/{model_id}, then set {TOKEN_NAME} (in Colab: the key icon > Secrets > "
+               f"{TOKEN_NAME}, with notebook access; never paste a token into a cell)")
     elif os.environ.get("HF_HUB_OFFLINE") == "1":
         why = f"'{model_id}' is not in the local cache and HF_HUB_OFFLINE=1 forbids downloading it"
+    elif any(issubclass(k, RepositoryNotFoundError) for k in kinds):
+        why = f"'{model_id}' is not a model on the Hugging Face Hub (check the name; a private model needs {TOKEN_NAME})"
     else:
         why = f"'{model_id}' could not be downloaded from the Hugging Face Hub (no network, or no such model)"
     return ModelLoadError(
@@ -42,7 +80,10 @@ def _hub_error(model_id: str, err: Exception) -> ModelLoadError:
 
 
 def _from_pretrained(loader, model_id: str, **kwargs):
-    """`loader.from_pretrained` with safetensors only, no remote code, and a clear error off-line."""
+    """`loader.from_pretrained` with safetensors only, no remote code, the Hub token from `hub_token()`
+    for a Hub id, and a clear error off-line."""
+    if not os.path.isdir(model_id):
+        kwargs.setdefault("token", hub_token())  # None: huggingface_hub's own login, if any
     try:
         return loader.from_pretrained(model_id, trust_remote_code=False, **kwargs)
     except OSError as err:  # missing files, no network, gated repo: transformers raises OSError for all

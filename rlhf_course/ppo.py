@@ -27,7 +27,6 @@ openai/lm-human-preferences; Ouyang et al. 2022 (InstructGPT, arXiv:2203.02155);
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import time

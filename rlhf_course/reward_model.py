@@ -34,7 +34,7 @@ from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from rlhf_course import toyworld
 from rlhf_course.loading import load_reward_model, load_tokenizer
-from rlhf_course.paths import data_path
+from rlhf_course.paths import REPO_ROOT, data_path
 from rlhf_course.preferences import detect_format, load_preferences, to_conversational
 from rlhf_course.profiles import Profile
 from rlhf_course.sampling import as_messages
@@ -292,6 +292,8 @@ def load_trained_reward_model(profile: Profile, path: str | Path, *, model_id: s
     if not (path / "adapter_config.json").exists():  # a full model folder
         return _load_rm(profile, lora=False, model_id=str(path), load_in_4bit=load_in_4bit, verbose=verbose).eval()
     base = model_id or PeftConfig.from_pretrained(str(path)).base_model_name_or_path
+    if not Path(base).is_absolute() and not Path(base).exists() and (REPO_ROOT / base).exists():
+        base = str(REPO_ROOT / base)  # the shipped adapters record their base relative to the repository
     model = _load_rm(profile, lora=False, model_id=base, load_in_4bit=load_in_4bit,
                      tokenizer=load_tokenizer(profile, str(path)), verbose=verbose)
     return PeftModel.from_pretrained(model, str(path)).eval()

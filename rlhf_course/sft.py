@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import torch
 from trl import SFTConfig, SFTTrainer
 
 from rlhf_course.loading import load_policy, load_tokenizer, lora_config
@@ -25,16 +26,19 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def trl_common_args(profile: Profile, steps: int, out_dir: str | None, progress: bool, seed: int = 0) -> dict:
-    """The TrainingArguments every TRL trainer here shares; the profile decides precision and batch."""
+def trl_common_args(profile: Profile, steps: int, out_dir: str | None, progress: bool, seed: int = 0, *,
+                    checkpoint_dir: str | Path | None = None, save_every: int | None = None) -> dict:
+    """The TrainingArguments every TRL trainer here shares; the profile decides precision and batch.
+    With `checkpoint_dir`, Trainer writes `checkpoint-N/` folders there (see `checkpoint_args`)."""
     on_gpu = profile.device == "cuda"
+    logging_steps = max(1, steps // 20)
     return dict(
-        output_dir=out_dir or tempfile.mkdtemp(prefix="rlhf-course-"),
+        output_dir=str(checkpoint_dir or out_dir or tempfile.mkdtemp(prefix="rlhf-course-")),
         max_steps=steps,
         per_device_train_batch_size=profile.batch_size,
         gradient_accumulation_steps=profile.gradient_accumulation_steps,
-        logging_steps=max(1, steps // 20),
-        save_strategy="no",
+        logging_steps=logging_steps,
+        **checkpoint_args(checkpoint_dir, save_every, steps, logging_steps),
         report_to="none",
         seed=seed,
         bf16=on_gpu and profile.compute_dtype.is_floating_point and str(profile.compute_dtype) == "torch.bfloat16",
@@ -46,6 +50,49 @@ def trl_common_args(profile: Profile, steps: int, out_dir: str | None, progress:
     )
 
 
+# --- checkpoints: Trainer's own mechanism, shared by SFT, the reward model and DPO ---------------
+
+def checkpoint_args(checkpoint_dir, save_every: int | None, steps: int, logging_steps: int) -> dict:
+    """Trainer's saving settings. A checkpoint-N/ folder holds the adapter (safetensors), optimizer,
+    scheduler, RNG states and trainer_state.json (the step and the log), so a run continues exactly.
+    Default: every tenth of the run. Rounded up to a multiple of the logging interval, so the losses
+    logged after a resume average the same steps as in an uninterrupted run."""
+    if checkpoint_dir is None:
+        return dict(save_strategy="no")
+    every = save_every or max(1, steps // 10)
+    every = -(-every // logging_steps) * logging_steps
+    # keep two: the newest may be half-written when a session dies mid-save; `last_checkpoint` skips it
+    return dict(save_strategy="steps", save_steps=every, save_only_model=False, save_total_limit=2)
+
+
+def last_checkpoint(checkpoint_dir) -> str | None:
+    """The newest complete checkpoint-N folder in `checkpoint_dir`, or None. Trainer writes
+    trainer_state.json last, so a folder without it was cut short and is skipped."""
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if folder is None or not folder.is_dir():
+        return None
+    done = [d for d in folder.glob("checkpoint-*") if d.name.split("-")[-1].isdigit() and (d / "trainer_state.json").is_file()]
+    return str(max(done, key=lambda d: int(d.name.split("-")[-1]))) if done else None
+
+
+def train_resumable(trainer, checkpoint_dir=None, resume: bool = False):
+    """`trainer.train()`, continuing from the last complete checkpoint in `checkpoint_dir` when `resume`
+    is asked for and one exists (a first run with resume=True simply starts). Returns Trainer's output
+    with `training_loss` the mean over the whole run: after a resume Trainer averages only the steps of
+    this session, so the steps before the checkpoint are added back from the restored log."""
+    start = last_checkpoint(checkpoint_dir) if resume else None
+    out = trainer.train(resume_from_checkpoint=start)
+    if start is None:
+        return out
+    resumed_at = int(Path(start).name.split("-")[-1])
+    steps = trainer.state.global_step
+    before, last = 0.0, 0
+    for h in trainer.state.log_history:  # checkpoints sit on logging steps: these intervals are complete
+        if "loss" in h and h.get("step", 0) <= resumed_at:
+            before, last = before + h["loss"] * (h["step"] - last), h["step"]
+    return out._replace(training_loss=(before + out.training_loss * (steps - resumed_at)) / max(steps, 1))
+
+
 def load_sft_data(path: str | Path | None = None) -> datasets.Dataset:
     """The toy world's demonstrations (conversational prompt/completion), or a JSONL file of them."""
     return datasets.Dataset.from_json(str(path or data_path("toy", "sft.jsonl")))
@@ -53,13 +100,17 @@ def load_sft_data(path: str | Path | None = None) -> datasets.Dataset:
 
 def train_sft(profile: Profile, dataset: datasets.Dataset | None = None, *, steps: int | None = None,
               learning_rate: float = 3e-3, load_in_4bit: bool | None = None, model_id: str | None = None,
-              out_dir: str | None = None, progress: bool = True, seed: int = 0) -> TrainResult:
-    """Fine-tune the profile's base model on demonstrations with a LoRA adapter."""
+              out_dir: str | None = None, progress: bool = True, seed: int = 0,
+              checkpoint_dir: str | Path | None = None, resume: bool = False, save_every: int | None = None) -> TrainResult:
+    """Fine-tune the profile's base model on demonstrations with a LoRA adapter.
+    With `checkpoint_dir` (e.g. a Drive folder in Colab) checkpoints are kept there every `save_every`
+    steps, and `resume=True` continues from the last one (see `train_resumable`)."""
     tokenizer = load_tokenizer(profile, model_id)
     model = load_policy(profile, lora=False, load_in_4bit=load_in_4bit, model_id=model_id)
 
     args = SFTConfig(
-        **trl_common_args(profile, steps or profile.sft_steps, out_dir, progress, seed),
+        **trl_common_args(profile, steps or profile.sft_steps, out_dir, progress, seed,
+                          checkpoint_dir=checkpoint_dir, save_every=save_every),
         learning_rate=learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=max(1, (steps or profile.sft_steps) // 10),
@@ -68,7 +119,13 @@ def train_sft(profile: Profile, dataset: datasets.Dataset | None = None, *, step
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset or load_sft_data(),
                          processing_class=tokenizer, peft_config=lora_config(profile))
-    out = trainer.train()
+    if profile.compute_dtype != torch.bfloat16:
+        # TRL casts the adapter of a 4-bit model to bf16 (the QLoRA paper's choice). A T4 has no bf16 and
+        # a CPU computes in fp32: keep fp32 adapter weights (fp16 mixed precision needs fp32 masters).
+        for param in trainer.model.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
+    out = train_resumable(trainer, checkpoint_dir, resume)
     history = [h for h in trainer.state.log_history if "loss" in h]
     return TrainResult(trainer.model, {"train_loss": out.training_loss}, history)
 
@@ -78,6 +135,6 @@ def save_merged(model, tokenizer, out_dir: str | Path) -> Path:
     Only for full-precision bases: a 4-bit base keeps its adapter separate (`model.save_pretrained`)."""
     out = Path(out_dir)
     merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-    merged.save_pretrained(out, safe_serialization=True)
+    merged.save_pretrained(out)  # transformers 5 always writes safetensors
     tokenizer.save_pretrained(out)
     return out

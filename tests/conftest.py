@@ -19,6 +19,15 @@ def tokenizer(tiny):
     return load_tokenizer(tiny)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """The tiny model is too small for two threads to help, and on a shared 2-core machine they fight."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 
-from rlhf_course import ppo
 from rlhf_course.ppo import (AdaptiveKLController, PPOConfig, compute_gae, compute_rewards, masked_whiten,
                              ppo_policy_loss, ppo_value_loss)
 
@@ -97,7 +96,7 @@ import subprocess
 import sys
 
 from rlhf_course import toyworld
-from rlhf_course.loading import load_policy, load_tokenizer
+from rlhf_course.loading import load_policy
 from rlhf_course.paths import REPO_ROOT
 from rlhf_course.ppo import AdapterRewardModel, PPOTrainer
 from rlhf_course.sampling import Completion

@@ -1,0 +1,178 @@
+"""`rlhf-course train {sft,rm,ppo,dpo} --out DIR`: one training stage as a job that survives its session.
+
+    rlhf-course train sft --out runs/sft
+    rlhf-course train rm  --out runs/rm  --sft runs/sft
+    rlhf-course train ppo --out runs/ppo --sft runs/sft --rm runs/rm
+    rlhf-course train dpo --out runs/dpo --sft runs/sft --max-steps 60
+    rlhf-course train dpo --out runs/dpo --sft runs/sft --max-steps 60 --resume   # after the session died
+
+The folder (in Colab: a Google Drive folder, so it outlives the session) holds
+    DIR/run.json          the settings of the run; a resume must use the same ones
+    DIR/checkpoints/      TRL's checkpoint-N/ folders (SFT, RM, DPO) or PPO's checkpoint: adapter
+                          (safetensors), value head, optimizer, scheduler, RNG states, step, log
+    DIR/model/            the result: a LoRA adapter folder (safetensors) + tokenizer; SFT on a
+                          full-precision base: the merged model, which later stages start from
+    DIR/metrics.json      written at the end: final loss / accuracy; for PPO the final mean `reward`
+A run killed mid-way and started again with --resume ends with the same metrics as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from rlhf_course.errors import OutOfMemory, RunError, free_accelerator_memory, memory_advice
+from rlhf_course.loading import ModelLoadError, load_tokenizer
+from rlhf_course.profiles import Profile, pick_profile
+from rlhf_course.sft import last_checkpoint
+
+STAGES = ("sft", "rm", "ppo", "dpo")
+NOT_COMPARED = ("seconds", "train_seconds", "resumed_from_step")  # differ between a resumed and a straight run
+
+
+def _settings(stage: str, profile: Profile, max_steps, sft, rm, seed: int) -> dict:
+    return {"stage": stage, "profile": profile.name, "max_steps": max_steps, "sft": sft, "rm": rm, "seed": seed}
+
+
+def checkpoint_step(stage: str, checkpoint_dir: Path) -> int | None:
+    """The step of the last complete checkpoint, or None."""
+    if stage == "ppo":
+        state = checkpoint_dir / "trainer_state.json"
+        return json.loads(state.read_text())["step"] if state.is_file() else None
+    last = last_checkpoint(checkpoint_dir)
+    return int(Path(last).name.split("-")[-1]) if last else None
+
+
+def _check_folder(out: Path, stage: str, settings: dict, resume: bool) -> int | None:
+    """Refuse to mix two runs in one folder; returns the step a resume continues from (or None)."""
+    step = checkpoint_step(stage, out / "checkpoints")
+    run_file = out / "run.json"
+    if run_file.is_file():
+        before = json.loads(run_file.read_text())
+        if not resume:
+            state = "a finished run" if (out / "metrics.json").is_file() else \
+                f"an unfinished run (last checkpoint: step {step})" if step else "a run that saved no checkpoint yet"
+            raise RunError(f"{out} holds {state} ({before['stage']}): add --resume to continue it, "
+                           "or choose another --out")
+        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        if changed:
+            what = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
+            raise RunError(f"--resume must repeat the run's settings ({what}); or choose another --out")
+    return step
+
+
+def resolve_model(path: str | None, what: str) -> str | None:
+    """A model folder, accepting the --out folder of an earlier `rlhf-course train` run."""
+    if path is None:
+        return None
+    folder = Path(path)
+    if (folder / "model").is_dir():
+        folder = folder / "model"
+    if not folder.is_dir() or not ((folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()):
+        raise ModelLoadError(f"--{what} {path}: not a model folder (no config.json or adapter_config.json); "
+                             f"pass the --out folder of `rlhf-course train {what}`")
+    return str(folder)
+
+
+def _base_model(sft: str | None, stage: str, progress: bool) -> str | None:
+    """The model a stage starts from: the merged SFT model, else the profile's base model."""
+    if sft is None:
+        if progress:
+            print(f"{stage}: no --sft given, starting from the profile's base model "
+                  "(train one first with `rlhf-course train sft --out DIR`)")
+        return None
+    if (Path(sft) / "adapter_config.json").is_file():
+        # a 4-bit SFT run keeps its adapter apart (it cannot be merged into 4-bit weights), as the pipeline does
+        if progress:
+            print(f"{stage}: {sft} is a LoRA adapter on a 4-bit base; starting from the base model")
+        return None
+    return sft
+
+
+def _save(model, tokenizer, folder: Path, merge: bool) -> None:
+    from rlhf_course.sft import save_merged
+
+    if merge:
+        save_merged(model, tokenizer, folder)
+    else:
+        model.save_pretrained(folder, selected_adapters=["default"], safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+
+def run_stage(stage: str, out_dir: str | Path, *, profile: Profile | str | None = None, max_steps: int | None = None,
+              resume: bool = False, sft: str | None = None, rm: str | None = None, save_every: int | None = None,
+              seed: int = 0, progress: bool = True) -> dict:
+    """Train one stage into `out_dir` (see the module's docstring); returns the metrics it wrote."""
+    if stage not in STAGES:
+        raise RunError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
+    out = Path(out_dir)
+    profile = profile if isinstance(profile, Profile) else pick_profile(profile)
+    sft, rm = resolve_model(sft, "sft"), resolve_model(rm, "rm")
+    settings = _settings(stage, profile, max_steps, sft, rm, seed)
+    resumed_from = _check_folder(out, stage, settings, resume)
+    if resume and (out / "metrics.json").is_file():
+        if progress:
+            print(f"{out}: this run had finished; its metrics are in {out / 'metrics.json'}")
+        return json.loads((out / "metrics.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(json.dumps(settings, indent=1))
+    checkpoints = out / "checkpoints"
+    if stage in ("rm", "ppo", "dpo"):
+        base = _base_model(sft, stage, progress)
+    if stage == "ppo" and rm is None and profile.name != "tiny":
+        raise RunError("ppo needs a reward model: pass --rm DIR (the --out folder of `rlhf-course train rm`)")
+
+    t0 = time.perf_counter()
+    failed_oom = False
+    try:
+        metrics = _train(stage, out, profile, max_steps, resume, sft if stage == "sft" else base, rm, checkpoints,
+                         save_every, seed, progress)
+    except torch.cuda.OutOfMemoryError:
+        failed_oom = True  # handled below, outside this block, so the failed step's tensors can be freed
+    if failed_oom:
+        free_accelerator_memory()
+        step = checkpoint_step(stage, checkpoints)
+        kept = checkpoints if step else None
+        raise OutOfMemory(memory_advice(profile, f"{kept} (step {step})" if kept else None, stage))
+    metrics = {"stage": stage, "profile": profile.name, **metrics,
+               "seconds": round(time.perf_counter() - t0, 1), "resumed_from_step": resumed_from if resume else None}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if progress:
+        print(f"{stage}: done; model in {out / 'model'}, metrics in {out / 'metrics.json'}")
+    return metrics
+
+
+def _train(stage, out, profile, max_steps, resume, model_id, rm, checkpoints, save_every, seed, progress) -> dict:
+    tokenizer = load_tokenizer(profile, model_id)
+    if stage == "sft":
+        from rlhf_course.sft import train_sft
+
+        r = train_sft(profile, steps=max_steps, model_id=model_id, checkpoint_dir=checkpoints, resume=resume,
+                      save_every=save_every, progress=progress, seed=seed)
+        _save(r.model, tokenizer, out / "model", merge=not profile.load_in_4bit)
+        return {"steps": max_steps or profile.sft_steps, "loss": r.history[-1]["loss"], **r.metrics}
+    if stage == "rm":
+        from rlhf_course.reward_model import train_reward_model
+
+        r = train_reward_model(profile, model_id=model_id, steps=max_steps, out_dir=str(out / "model"),
+                               checkpoint_dir=checkpoints, resume=resume, save_every=save_every, progress=progress,
+                               seed=seed)
+        return {"loss": r.history[-1]["loss"], **r.metrics}
+    if stage == "dpo":
+        from rlhf_course.dpo import train_dpo
+
+        r = train_dpo(profile, model_id=model_id, steps=max_steps, checkpoint_dir=checkpoints, resume=resume,
+                      save_every=save_every, progress=progress, seed=seed)
+        _save(r.model, tokenizer, out / "model", merge=False)
+        return {"steps": max_steps or profile.dpo_steps, "loss": r.history[-1]["loss"], **r.metrics}
+    from rlhf_course import toyworld
+    from rlhf_course.ppo import train_ppo
+
+    monitor = toyworld.ground_truth_rewards if (profile.name == "tiny" and rm is not None) else None
+    r = train_ppo(profile, model_id=model_id, reward_model_dir=rm, monitor_fn=monitor, steps=max_steps,
+                  checkpoint_dir=checkpoints, resume=resume, save_every=save_every or 10, progress=progress, seed=seed)
+    _save(r.model, tokenizer, out / "model", merge=False)
+    return dict(r.metrics)
