@@ -1,0 +1,142 @@
+"""Notebook 8's checks name the mistake: each typical wrong answer gets its own message, and the
+package's helpers they compare with are right on hand-computed examples."""
+
+import contextlib
+import io
+import math
+
+import pytest
+import torch
+
+from rlhf_course import toyworld
+from rlhf_course.checks import nb08_beyond as nb08
+from rlhf_course.evaluation import is_refusal
+from rlhf_course.grpo import group_relative_advantages, rloo_advantages
+
+
+def run(check, fn) -> tuple[bool, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        ok = check(fn)
+    return ok, out.getvalue()
+
+
+def test_grpo_and_rloo_helpers_on_a_hand_computed_group():
+    r = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 5.0])
+    std = torch.tensor([1.0, 2.0, 3.0, 4.0]).std().item()  # unbiased, as TRL's nanstd
+    assert group_relative_advantages(r, 4)[:4].tolist() == pytest.approx([x / (std + 1e-4) for x in (-1.5, -0.5, 0.5, 1.5)])
+    assert group_relative_advantages(r, 4)[4:].tolist() == [0.0] * 4  # equal rewards: no signal
+    # leave-one-out: 1 - (2+3+4)/3 = -2, ...; equals k/(k-1) * (r - mean)
+    assert rloo_advantages(r, 4).tolist() == pytest.approx([-2.0, -2 / 3, 2 / 3, 2.0, 0, 0, 0, 0])
+
+
+def test_exact_best_of_n_kl_approaches_the_formula():
+    for n in (2, 4, 16):
+        assert nb08.exact_best_of_n_kl(n) == pytest.approx(math.log(n) - (n - 1) / n, abs=1e-2)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda n: math.log(n), "upper bound"),
+    (lambda n: math.log(n) + (n - 1) / n, "wrong sign"),
+    (lambda n: math.log2(n) - (n - 1) / n, "natural logarithm"),
+])
+def test_best_of_n_kl_mistakes(wrong, message):
+    ok, printed = run(nb08.check_best_of_n_kl, wrong)
+    assert not ok and message in printed, printed
+
+
+def _batch_normalised(r, g):
+    return (r - r.mean()) / (r.std() + 1e-4)
+
+
+def _centred_only(r, g):
+    x = r.view(-1, g)
+    return (x - x.mean(1, keepdim=True)).view(-1)
+
+
+def _no_eps(r, g):
+    x = r.view(-1, g)
+    return ((x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True)).view(-1)
+
+
+def _strided(r, g):
+    x = r.view(g, -1)
+    return ((x - x.mean(0, keepdim=True)) / (x.std(0, keepdim=True) + 1e-4)).view(-1)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (_batch_normalised, "whole batch"),
+    (_centred_only, "forgot to divide by the group's std"),
+    (_no_eps, "NaN or inf"),
+    (_strided, "CONSECUTIVE"),
+])
+def test_group_relative_advantages_mistakes(wrong, message):
+    ok, printed = run(nb08.check_group_relative_advantages, wrong)
+    assert not ok and message in printed, printed
+
+
+def test_group_relative_advantages_accepts_the_biased_std_too():
+    def biased(r, g):
+        x = r.view(-1, g)
+        return ((x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True, correction=0) + 1e-4)).view(-1)
+
+    assert run(nb08.check_group_relative_advantages, biased)[0]
+    assert run(nb08.check_group_relative_advantages, group_relative_advantages)[0]
+
+
+def _divide_by_k(r, k):
+    x = r.view(-1, k)
+    return (x - (x.sum(1, keepdim=True) - x) / k).view(-1)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (_centred_only, "r_i included"),
+    (_divide_by_k, "k - 1 other answers"),
+    (lambda r, k: r - (r.sum() - r) / (r.numel() - 1), "whole batch"),
+    (group_relative_advantages, "GRPO's advantage"),
+])
+def test_rloo_advantages_mistakes(wrong, message):
+    ok, printed = run(nb08.check_rloo_advantages, wrong)
+    assert not ok and message in printed, printed
+    assert run(nb08.check_rloo_advantages, rloo_advantages)[0]
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda a, b: sum(x > y for x, y in zip(a, b)) / len(a), "counted as losses"),
+    (lambda a, b: sum(x >= y for x, y in zip(a, b)) / len(a), "counted as wins"),
+    (lambda a, b: sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)) / len(a), "floating point"),
+    (lambda a, b: sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)), "not a count"),
+])
+def test_win_rate_mistakes(wrong, message):
+    ok, printed = run(nb08.check_win_rate, wrong)
+    assert not ok and message in printed, printed
+
+
+def _overall(prompts, responses, harmful=False):
+    return sum(map(is_refusal, responses)) / len(responses)
+
+
+def _no_nan(prompts, responses, harmful=False):
+    flags = [is_refusal(r) for p, r in zip(prompts, responses) if p.harmful == harmful]
+    return sum(flags) / len(flags)
+
+
+def _inverted(prompts, responses, harmful=False):
+    flags = [is_refusal(r) for p, r in zip(prompts, responses) if p.harmful != harmful]
+    return sum(flags) / len(flags) if flags else math.nan
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (_overall, "over all prompts"),
+    (_no_nan, "divided by 0"),
+    (_inverted, "the other kind"),
+])
+def test_refusal_rate_mistakes(wrong, message):
+    ok, printed = run(nb08.check_refusal_rate, wrong)
+    assert not ok and message in printed, printed
+
+
+def test_refusal_cases_cover_both_kinds_of_prompt():
+    (prompts, ideal), *_ = nb08._refusal_cases()
+    assert all(is_refusal(r) == p.harmful for p, r in zip(prompts, ideal))
+    assert toyworld.REFUSAL[0] in ideal[[p.harmful for p in prompts].index(True)]
