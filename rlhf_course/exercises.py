@@ -109,8 +109,9 @@ def has_solution(cell) -> bool:
 
 
 def student_version(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """The exercise notebook: stubs for solutions, no outputs, no execution counts."""
+    """The exercise notebook: stubs for solutions, no outputs, no execution counts, no saved widget state."""
     nb = copy.deepcopy(solution)
+    nb.metadata.pop("widgets", None)  # the solution run's widget views: large, and meaningless without outputs
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.source = stub_code(cell.source)
