@@ -1,0 +1,95 @@
+"""Notebook 7's checks name the mistake: each known wrong implementation gets its own message
+(test_exercises.py proves the stub fails and the solution passes)."""
+
+import contextlib
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rlhf_course import dpo
+from rlhf_course.checks import nb07_dpo as checks
+from rlhf_course.logprobs import token_logprobs
+
+
+def _run(check, fn) -> tuple[bool, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        ok = check(fn)
+    return ok, out.getvalue()
+
+
+def _seq(shift=True, mask="completion_shifted"):
+    def sequence_logps(model, input_ids, attention_mask, completion_mask):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        if not shift:
+            return (token_logprobs(logits, input_ids) * completion_mask).sum(1)
+        logps = token_logprobs(logits[:, :-1], input_ids[:, 1:])
+        m = {"completion_shifted": completion_mask[:, 1:], "completion_unshifted": completion_mask[:, :-1],
+             "attention": attention_mask[:, 1:]}[mask]
+        return (logps * m).sum(1)
+    return sequence_logps
+
+
+def test_sequence_logps_mistakes_are_named():
+    assert "not shifted" in _run(checks.check_sequence_logps, _seq(shift=False))[1]
+    assert "off by one" in _run(checks.check_sequence_logps, _seq(mask="completion_unshifted"))[1]
+    assert "prompt tokens too" in _run(checks.check_sequence_logps, _seq(mask="attention"))[1]
+    ok, printed = _run(checks.check_sequence_logps, _seq())
+    assert ok is True and "✓" in printed, printed
+
+
+def _loss(kind):
+    def dpo_loss(pc, pr, rc, rr, beta):
+        lc, lr = pc - rc, pr - rr
+        if kind == "beta_outside":
+            loss = -beta * F.logsigmoid(lc - lr).mean()
+        elif kind == "ref_sign":
+            loss = -F.logsigmoid(beta * ((pc + rc) - (pr + rr))).mean()
+        elif kind == "swapped":
+            loss = -F.logsigmoid(beta * (lr - lc)).mean()
+        else:
+            loss = -F.logsigmoid(beta * (lc - lr)).mean()
+        scale = 1.0 if kind == "no_beta_rewards" else beta
+        return loss, scale * lc.detach(), scale * lr.detach()
+    return dpo_loss
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("beta_outside", "beta is outside the sigmoid"), ("ref_sign", "added, not subtracted"),
+    ("swapped", "chosen and rejected are swapped"), ("no_beta_rewards", "missing beta"),
+])
+def test_dpo_loss_mistakes_are_named(kind, message):
+    ok, printed = _run(checks.check_dpo_loss, _loss(kind))
+    assert ok is False and message in printed, printed
+    assert _run(checks.check_dpo_loss, _loss("right"))[0] is True
+
+
+def _batch_loss(reference_off: bool):
+    def dpo_batch_loss(model, batch, beta):
+        seq = _seq()
+        args = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+        pc, pr = seq(model, *args).chunk(2)
+        with torch.no_grad(), (model.disable_adapter() if reference_off else contextlib.nullcontext()):
+            rc, rr = seq(model, *args).chunk(2)
+        loss, cr, rj = dpo.dpo_loss(pc, pr, rc, rr, beta=beta)
+        return loss, {"rewards/chosen": cr.mean().item(), "rewards/rejected": rj.mean().item(),
+                      "rewards/accuracies": (cr > rj).float().mean().item(), "rewards/margins": (cr - rj).mean().item()}
+    return dpo_batch_loss
+
+
+def test_dpo_batch_loss_catches_a_reference_that_is_the_policy():
+    assert "margins are exactly 0" in _run(checks.check_dpo_batch_loss, _batch_loss(reference_off=False))[1]
+    ok, printed = _run(checks.check_dpo_batch_loss, _batch_loss(reference_off=True))
+    assert ok is True and "✓" in printed, printed
+
+
+def test_ipo_loss_mistakes_are_named():
+    def h(pc, pr, rc, rr):
+        return (pc - rc) - (pr - rr)
+
+    assert "not 1 / tau" in _run(checks.check_ipo_loss, lambda pc, pr, rc, rr, tau: ((h(pc, pr, rc, rr) - 1 / tau) ** 2).mean())[1]
+    assert "DPO's loss" in _run(checks.check_ipo_loss, lambda pc, pr, rc, rr, tau: -F.logsigmoid(tau * h(pc, pr, rc, rr)).mean())[1]
+    ok, printed = _run(checks.check_ipo_loss, lambda pc, pr, rc, rr, tau: ((h(pc, pr, rc, rr) - 1 / (2 * tau)) ** 2).mean())
+    assert ok is True and "✓" in printed
