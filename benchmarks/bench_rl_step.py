@@ -24,11 +24,11 @@ from rlhf_course.ppo import PPOConfig, PPOTrainer
 from rlhf_course.profiles import pick_profile
 
 
-def ppo_step_times(profile, sft: str, steps: int) -> tuple[list[float], float]:
+def ppo_step_times(profile, sft: str, steps: int, **config_changes) -> tuple[list[float], float]:
     tokenizer = load_tokenizer(profile, sft)
     policy = load_policy(profile, model_id=sft, verbose=False)
     cfg = PPOConfig(batch_size=profile.batch_size, max_new_tokens=profile.max_new_tokens,
-                    temperature=profile.temperature)
+                    temperature=profile.temperature, **config_changes)
     trainer = PPOTrainer(cfg, policy, tokenizer, toyworld.ground_truth_rewards,
                          [p.text for p in toyworld.train_prompts()])
     trainer.step()  # warm-up
@@ -72,23 +72,27 @@ def main():
     torch.set_num_threads(args.threads)
     profile = pick_profile("tiny")
     sft = checkpoints.sft_model(profile)
-    times = {"ours: PPO": [], "TRL: RLOO": [], "TRL: GRPO": []}
-    lengths = {k: [] for k in times}
+    # Our PPO iteration makes num_ppo_epochs x num_minibatches = 4 optimizer updates on its rollouts;
+    # TRL's RLOO/GRPO step makes one. The second row does one update too: the same work per step.
+    runs = {"ours: PPO": lambda: ppo_step_times(profile, sft, args.steps),
+            "ours: PPO 1x1": lambda: ppo_step_times(profile, sft, args.steps, num_ppo_epochs=1, num_minibatches=1),
+            "TRL: RLOO": lambda: trl_step_times(profile, sft, "rloo", args.steps),
+            "TRL: GRPO": lambda: trl_step_times(profile, sft, "grpo", args.steps)}
+    times = {k: [] for k in runs}
+    lengths = {k: [] for k in runs}
     for r in range(args.rounds):
-        for name, run in (("ours: PPO", lambda: ppo_step_times(profile, sft, args.steps)),
-                          ("TRL: RLOO", lambda: trl_step_times(profile, sft, "rloo", args.steps)),
-                          ("TRL: GRPO", lambda: trl_step_times(profile, sft, "grpo", args.steps))):
+        for name, run in runs.items():
             t, length = run()
             times[name] += t
             lengths[name].append(length)
-            print(f"round {r + 1}: {name:<10} median {statistics.median(t):.3f} s/step", flush=True)
+            print(f"round {r + 1}: {name:<13} median {statistics.median(t):.3f} s/step", flush=True)
     ppo = statistics.median(times["ours: PPO"])
     print(f"\n{profile.batch_size} completions per step, <= {profile.max_new_tokens} new tokens, "
           f"temperature {profile.temperature}, {args.threads} threads, {args.rounds} x {args.steps} steps each")
-    print(f"{'trainer':<11} {'median s/step':>14} {'ratio PPO/this':>15} {'mean answer tokens':>19}")
+    print(f"{'trainer':<14} {'median s/step':>14} {'ratio PPO/this':>15} {'mean answer tokens':>19}")
     for name, t in times.items():
         med = statistics.median(t)
-        print(f"{name:<11} {med:>14.3f} {ppo / med:>15.2f} {statistics.mean(lengths[name]):>19.1f}")
+        print(f"{name:<14} {med:>14.3f} {ppo / med:>15.2f} {statistics.mean(lengths[name]):>19.1f}")
 
 
 if __name__ == "__main__":

@@ -228,6 +228,7 @@ def train_dpo(profile: Profile, dataset=None, *, model_id: str | None = None, st
     back to fp32 unless the profile computes in bf16. The same path runs on the tiny model with
     `load_in_4bit=True` on a CPU (fp32 compute, fp32 adapter), which is how the tests cover it.
     """
+    from transformers import PrinterCallback
     from trl import DPOTrainer
 
     from rlhf_course.loading import load_policy, load_tokenizer, lora_config
@@ -239,6 +240,8 @@ def train_dpo(profile: Profile, dataset=None, *, model_id: str | None = None, st
                       save_every=save_every)
     trainer = DPOTrainer(model=model, args=args, train_dataset=keep_dpo_columns(dataset or load_dpo_data()),
                          processing_class=tokenizer, peft_config=lora_config(profile))
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # without a progress bar, Trainer prints every log line
     keep_adapter_fp32_unless_bf16(trainer.model, profile)
     out = train_resumable(trainer, checkpoint_dir, resume)
     history = [h for h in trainer.state.log_history if "loss" in h]

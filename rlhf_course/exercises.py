@@ -67,6 +67,9 @@ from rlhf_course.profiles import pick_profile
 rlhf_course.require("0.1.0")  # stops with the fix if the installed package is older than this notebook
 install_notebook_handler()    # expected failures (no GPU, out of memory, bad data): a message, no traceback
 profile = pick_profile()      # `7b` on a CUDA GPU with >= 14 GiB (a Colab T4), else `tiny`
+if profile.device == "cpu":
+    import torch
+    torch.set_num_threads(1)  # the tiny model is too small to gain from threads; on a busy CPU they fight
 print(f"profile: {profile.name}")'''
 
 

@@ -30,6 +30,7 @@ import math
 
 import datasets
 import torch
+from transformers import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from rlhf_course import toyworld
@@ -147,6 +148,8 @@ def train_grpo(
         # 4. a fresh LoRA adapter; the reference is the same model with the adapter disabled
         peft_config=lora_config(profile), callbacks=callbacks,
     )
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # without a progress bar, Trainer prints every log line
     _keep_trainable_in_fp32(trainer.model)
     out = trainer.train()
 

@@ -32,6 +32,10 @@ from rlhf_course.reward_model import train_reward_model
 from rlhf_course.sft import save_merged, train_sft
 
 BEST_OF_N = 8
+# PPO's KL coefficient here: at PPOConfig's 0.05 the tiny reward model is over-optimised (its score keeps
+# rising while the ground truth peaks near iteration 30 and falls, KL ~7 nats after 100 iterations);
+# measured on the same SFT model and reward model: beta 0.1 -> ground truth 0.51 at KL 3.4, 0.2 -> 0.52 at KL 2.1.
+PPO_KL_COEF = 0.2
 # The targets the report checks (issue "The trainers"): measured here, never asserted by timed tests.
 TARGETS = {"seconds_total": 180, "peak_rss_gb": 3.0, "rm_gap_to_bayes": 0.02, "win_rate_vs_sft": 0.8}
 
@@ -131,7 +135,7 @@ def run_pipeline(out_dir: str | Path, profile: Profile | str | None = None, *, p
     # 3. PPO against the reward model (the ground truth is only watched, never optimised)
     with clock("ppo"):
         ppo = train_ppo(profile, model_id=sft_path, reward_model_dir=out / "rm", prompts=train_prompts,
-                        monitor_fn=toyworld.ground_truth_rewards if toy else None, progress=progress, seed=seed)
+                        kl_coef=PPO_KL_COEF, monitor_fn=toyworld.ground_truth_rewards if toy else None, progress=progress, seed=seed)
     results["ppo"] = evaluate(ppo.model, reference="disable_adapter", reward_fn=rm_fn, baseline=results["sft"])
     del ppo.model
 

@@ -195,11 +195,15 @@ class PolicyWithValueHead(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                from_position: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, T', V) and values (B, T') at positions from_position ... T-1 (T' = T - from_position):
+        PPO needs them only where the answer is predicted, so the vocabulary projection skips the prompt."""
         base = self.policy.get_base_model()                 # LoRA layers are inside it: the adapter applies
         hidden = base.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        logits = base.lm_head(hidden)                       # (B, T, V)
-        values = self.value_head(hidden.float()).squeeze(-1)  # (B, T)
+        hidden = hidden[:, from_position:]                  # (B, T', H)
+        logits = base.lm_head(hidden)                       # (B, T', V)
+        values = self.value_head(hidden.float()).squeeze(-1)  # (B, T')
         return logits, values
 
 
@@ -288,11 +292,11 @@ class PPOTrainer:
     def _forward(self, input_ids, attention_mask, context_length: int, temperature: float):
         """Log-probs, values and logits of the answer tokens: positions context_length-1 ... T-2
         predict tokens context_length ... T-1 (the answer)."""
-        logits, values = self.model(input_ids, attention_mask)
-        logits = logits[:, context_length - 1 : -1] / temperature        # (B, Tr, V)
+        logits, values = self.model(input_ids, attention_mask, context_length - 1)
+        logits = logits[:, :-1] / temperature                             # (B, Tr, V)
         logprobs = torch.gather(F.log_softmax(logits.float(), dim=-1), 2,
                                 input_ids[:, context_length:, None]).squeeze(-1)  # (B, Tr)
-        return logprobs, values[:, context_length - 1 : -1], logits
+        return logprobs, values[:, :-1], logits
 
     @torch.no_grad()
     def rollout(self) -> dict:
@@ -364,7 +368,8 @@ class PPOTrainer:
                                                          batch["context_length"], cfg.temperature)
                 pg_loss, pg_stats = ppo_policy_loss(logprobs, mb["logprobs"], mb["advantages"], mb["mask"], cfg.clip_coef)
                 v_loss, v_stats = ppo_value_loss(values, mb["values"], mb["returns"], mb["mask"], cfg.cliprange_value)
-                entropy = masked_mean(entropy_from_logits(logits), mb["mask"])
+                with torch.set_grad_enabled(cfg.ent_coef != 0):  # only logged unless it is in the loss
+                    entropy = masked_mean(entropy_from_logits(logits), mb["mask"])
                 loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
                 self.optimizer.zero_grad(set_to_none=True)
                 self.accelerator.backward(loss)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import datasets
 import torch
+from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from rlhf_course.loading import load_policy, load_tokenizer, lora_config
@@ -119,6 +120,8 @@ def train_sft(profile: Profile, dataset: datasets.Dataset | None = None, *, step
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset or load_sft_data(),
                          processing_class=tokenizer, peft_config=lora_config(profile))
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # without a progress bar, Trainer prints every log line
     if profile.compute_dtype != torch.bfloat16:
         # TRL casts the adapter of a 4-bit model to bf16 (the QLoRA paper's choice). A T4 has no bf16 and
         # a CPU computes in fp32: keep fp32 adapter weights (fp16 mixed precision needs fp32 masters).

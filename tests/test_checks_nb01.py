@@ -5,8 +5,13 @@ import random
 import torch
 
 from rlhf_course import rl_basics
-from rlhf_course.checks.nb01_rl_basics import (check_bellman_backup, check_discounted_return, check_epsilon_greedy,
-                                               check_returns_to_go, check_value_iteration)
+from rlhf_course.checks.nb01_rl_basics import (
+    check_bellman_backup,
+    check_discounted_return,
+    check_epsilon_greedy,
+    check_returns_to_go,
+    check_value_iteration,
+)
 
 
 def _fails_with(check, candidate, words: str, capsys) -> None:

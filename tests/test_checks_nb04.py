@@ -3,8 +3,12 @@
 import math
 from collections import Counter
 
-from rlhf_course.checks.nb04_human_feedback import (check_bt_probability, check_cohen_kappa, check_labels_to_records,
-                                                    check_majority)
+from rlhf_course.checks.nb04_human_feedback import (
+    check_bt_probability,
+    check_cohen_kappa,
+    check_labels_to_records,
+    check_majority,
+)
 
 
 def _fails_with(capsys, check, candidate, words: str) -> None:

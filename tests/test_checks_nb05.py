@@ -3,9 +3,13 @@
 import torch
 import torch.nn.functional as F
 
-from rlhf_course.checks.nb05_reward_modelling import (check_bayes_accuracy, check_bradley_terry_loss,
-                                                      check_combine_rewards, check_margin_loss,
-                                                      check_preference_accuracy)
+from rlhf_course.checks.nb05_reward_modelling import (
+    check_bayes_accuracy,
+    check_bradley_terry_loss,
+    check_combine_rewards,
+    check_margin_loss,
+    check_preference_accuracy,
+)
 
 
 def _fails_with(capsys, check, candidate, words: str) -> None:

@@ -2,21 +2,14 @@
 (test_exercises.py proves the stub fails and the solution passes)."""
 
 import contextlib
-import io
 
 import pytest
 import torch
 
 from rlhf_course import ppo
 from rlhf_course.checks import nb06_ppo as checks
+from rlhf_course.checks.core import run_check as _run
 from rlhf_course.logprobs import token_logprobs
-
-
-def _run(check, fn) -> tuple[bool, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        ok = check(fn)
-    return ok, out.getvalue()
 
 
 def _rewards_with(kl_sign=1.0, where="last", mask_kl=True):

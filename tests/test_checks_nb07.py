@@ -2,7 +2,6 @@
 (test_exercises.py proves the stub fails and the solution passes)."""
 
 import contextlib
-import io
 
 import pytest
 import torch
@@ -10,14 +9,8 @@ import torch.nn.functional as F
 
 from rlhf_course import dpo
 from rlhf_course.checks import nb07_dpo as checks
+from rlhf_course.checks.core import run_check as _run
 from rlhf_course.logprobs import token_logprobs
-
-
-def _run(check, fn) -> tuple[bool, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        ok = check(fn)
-    return ok, out.getvalue()
 
 
 def _seq(shift=True, mask="completion_shifted"):

@@ -1,8 +1,6 @@
 """Notebook 8's checks name the mistake: each typical wrong answer gets its own message, and the
 package's helpers they compare with are right on hand-computed examples."""
 
-import contextlib
-import io
 import math
 
 import pytest
@@ -10,15 +8,9 @@ import torch
 
 from rlhf_course import toyworld
 from rlhf_course.checks import nb08_beyond as nb08
+from rlhf_course.checks.core import run_check as run
 from rlhf_course.evaluation import is_refusal
 from rlhf_course.grpo import group_relative_advantages, rloo_advantages
-
-
-def run(check, fn) -> tuple[bool, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        ok = check(fn)
-    return ok, out.getvalue()
 
 
 def test_grpo_and_rloo_helpers_on_a_hand_computed_group():

@@ -14,16 +14,6 @@ from rlhf_course.sampling import Completion
 from rlhf_course.sft import trl_common_args
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tiny model's matmuls are too small to share: on a busy 2-core machine a second thread makes
-    # training up to 10x slower (threads wait for each other), and it gains little on a quiet one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------- the loss
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 
 import torch
 
@@ -44,3 +46,11 @@ def check(fn):
         return True
 
     return wrapper
+
+
+def run_check(check_fn, candidate, *args, **kwargs) -> tuple[bool, str]:
+    """Run a check without printing: (passed, the ✓/✗ line it would have printed). For tests and graders."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        ok = check_fn(candidate, *args, **kwargs)
+    return ok, out.getvalue()
