@@ -69,7 +69,7 @@ install_notebook_handler()    # expected failures (no GPU, out of memory, bad da
 profile = pick_profile()      # `7b` on a CUDA GPU with >= 14 GiB (a Colab T4), else `tiny`
 if profile.device == "cpu":
     import torch
-    torch.set_num_threads(1)  # the tiny model is too small to gain from threads; on a busy CPU they fight
+    torch.set_num_threads(1)  # steady timings: on a busy CPU, threads fight over the cores
 print(f"profile: {profile.name}")'''
 
 
