@@ -86,13 +86,16 @@ def main():
             times[name] += t
             lengths[name].append(length)
             print(f"round {r + 1}: {name:<13} median {statistics.median(t):.3f} s/step", flush=True)
-    ppo = statistics.median(times["ours: PPO"])
+    medians = {name: statistics.median(t) for name, t in times.items()}
     print(f"\n{profile.batch_size} completions per step, <= {profile.max_new_tokens} new tokens, "
           f"temperature {profile.temperature}, {args.threads} threads, {args.rounds} x {args.steps} steps each")
-    print(f"{'trainer':<14} {'median s/step':>14} {'ratio PPO/this':>15} {'mean answer tokens':>19}")
-    for name, t in times.items():
-        med = statistics.median(t)
-        print(f"{name:<14} {med:>14.3f} {ppo / med:>15.2f} {statistics.mean(lengths[name]):>19.1f}")
+    print(f"{'trainer':<14} {'median s/step':>14} {'mean answer tokens':>19}")
+    for name, med in medians.items():
+        print(f"{name:<14} {med:>14.3f} {statistics.mean(lengths[name]):>19.1f}")
+    print("\nratio (ours / TRL's; <= 1.0: ours is no slower)")
+    for ours in ("ours: PPO", "ours: PPO 1x1"):
+        print(f"{ours:<14} " + "   ".join(f"/ {trl}: {medians[ours] / medians[trl]:.2f}"
+                                          for trl in ("TRL: RLOO", "TRL: GRPO")))
 
 
 if __name__ == "__main__":
