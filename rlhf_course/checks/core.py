@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+from contextlib import contextmanager
 
 import torch
 
@@ -22,6 +23,38 @@ def close(got, want, atol: float = 1e-5, what: str = "result") -> None:
     if not torch.allclose(got_t, want_t, atol=atol, rtol=1e-4):
         worst = (got_t - want_t).abs().max().item()
         raise CheckFailed(f"{what} differs from the reference by up to {worst:.3g}")
+
+
+def same(a, b, atol: float = 1e-5) -> bool:
+    """Same shape and values (to atol, rtol 1e-4): tensors, numbers or lists."""
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    return a.shape == b.shape and torch.allclose(a, b, atol=atol, rtol=1e-4)
+
+
+def name_the_mistake(got, want, wrong: dict, messages: dict, what: str, atol: float = 1e-5) -> None:
+    """Pass if `got` matches `want`. Otherwise raise CheckFailed with the message of the first known
+    mistake whose result `got` matches (`wrong[key]` is what that mistake computes), or else say how
+    far `got` is from `want`."""
+    if same(got, want, atol):
+        return
+    for key, value in wrong.items():
+        if same(got, value, atol):
+            raise CheckFailed(messages[key])
+    close(got, want, atol=atol, what=what)
+
+
+@contextmanager
+def quiet_loading():
+    """No "Loading weights" progress bar in the check's output (it would differ from run to run)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def check(fn):

@@ -5,17 +5,11 @@ names the mistake when a known wrong version matches instead."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 
 import torch
 
 from rlhf_course import ppo
-from rlhf_course.checks.core import CheckFailed, check, close
-
-
-def _same(a, b, atol: float = 1e-5) -> bool:
-    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
-    return a.shape == b.shape and torch.allclose(a, b, atol=atol, rtol=1e-4)
+from rlhf_course.checks.core import CheckFailed, check, close, name_the_mistake, quiet_loading, same
 
 
 def _rollout_tensors(seed: int = 0, B: int = 4, T: int = 7) -> dict:
@@ -47,12 +41,12 @@ def check_compute_rewards(compute_rewards):
     want_rewards, want_kl = ppo.compute_rewards(scores, lp, ref, mask, beta)
     if tuple(rewards.shape) != tuple(want_rewards.shape):
         raise CheckFailed(f"rewards should be (B, T) = {tuple(want_rewards.shape)}, one per answer token; got {tuple(rewards.shape)}")
-    if _same(kl, -want_kl):
+    if same(kl, -want_kl):
         raise CheckFailed("kl has the wrong sign: the k1 estimate is log pi - log pi_ref (policy minus reference)")
-    if _same(kl, lp - ref) and not _same(kl, want_kl):
+    if same(kl, lp - ref) and not same(kl, want_kl):
         raise CheckFailed("padding positions were not masked in kl: multiply log pi - log pi_ref by the mask")
     close(kl, want_kl, what="kl (log pi - log pi_ref on the answer's tokens)")
-    if _same(rewards, want_rewards):
+    if same(rewards, want_rewards):
         return "per-token -beta * KL, plus the score on each answer's last real token"
     last = mask.sum(1).long() - 1
     penalty = -beta * want_kl
@@ -83,10 +77,7 @@ def check_compute_rewards(compute_rewards):
         "no_score": "the score is missing: add it to each answer's last token",
         "after_end": "the score landed one position after the answer's last token (index mask.sum(1), not mask.sum(1) - 1)",
     }
-    for key, value in wrong.items():
-        if _same(rewards, value):
-            raise CheckFailed(messages[key])
-    close(rewards, want_rewards, what="rewards")
+    name_the_mistake(rewards, want_rewards, wrong, messages, what="rewards")
 
 
 # --- Exercise 6.2 ---------------------------------------------------------------------------------
@@ -129,17 +120,13 @@ def check_ppo_policy_loss(ppo_policy_loss):
         "no_exp": "the ratio is exp(logprobs - old_logprobs), not the difference of the log-probs",
         "ratio_div": "the ratio is exp(logprobs - old_logprobs): dividing log-probs is not dividing probabilities",
     }
-    if not _same(loss.detach(), want):
-        for key, value in wrong.items():
-            if _same(loss.detach(), value):
-                raise CheckFailed(messages[key])
-        close(loss.detach(), want, what="pg_loss")
+    name_the_mistake(loss.detach(), want, wrong, messages, what="pg_loss")
     if not loss.requires_grad:
         raise CheckFailed("pg_loss has no gradient: do not detach it (or compute it under torch.no_grad())")
     loss.backward()
     lp_ref = x["logprobs"].clone().requires_grad_()
     ppo.ppo_policy_loss(lp_ref, old, adv, mask, eps)[0].backward()
-    if not _same(lp.grad, lp_ref.grad):
+    if not same(lp.grad, lp_ref.grad):
         raise CheckFailed("the loss has the right value but the wrong gradient: clipped tokens must get no gradient "
                           "(use torch.clamp on the ratio, and keep the ratio attached to logprobs)")
     cf = float(clipfrac)
@@ -190,37 +177,19 @@ def check_ppo_value_loss(ppo_value_loss):
         "padding": "padding positions were counted in the mean: average over the answer tokens only (the mask)",
         "only_clipped": "you used only the clipped error: take the max of the clipped and the unclipped squared errors",
     }
-    if not _same(loss.detach(), want):
-        for key, value in wrong.items():
-            if _same(loss.detach(), value):
-                raise CheckFailed(messages[key])
-        close(loss.detach(), want, what="v_loss")
+    name_the_mistake(loss.detach(), want, wrong, messages, what="v_loss")
     if not loss.requires_grad:
         raise CheckFailed("v_loss has no gradient with respect to the values: do not detach it")
     loss.backward()
     v_ref = x["values"].clone().requires_grad_()
     ppo.ppo_value_loss(v_ref, old, ret, mask, eps)[0].backward()
-    if not _same(v.grad, v_ref.grad):
+    if not same(v.grad, v_ref.grad):
         raise CheckFailed("the value is right but the gradient is not: use torch.clamp on values - old_values, and "
                           "do not detach values")
     return f"v_loss {want.item():.4f} and its gradient as in ppo.ppo_value_loss"
 
 
 # --- Exercise 6.4: the silent bug -----------------------------------------------------------------
-
-@contextmanager
-def _quiet_loading():
-    """No "Loading weights" progress bar in the check's output (it would differ from run to run)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
 
 def _kl_setup():
     """The tiny model with a perturbed LoRA adapter (so the policy differs from its reference), and a
@@ -233,7 +202,7 @@ def _kl_setup():
     profile = pick_profile("tiny")
     tok = load_tokenizer(profile)
     torch.manual_seed(0)
-    with _quiet_loading():
+    with quiet_loading():
         model = load_policy(profile, verbose=False)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -264,7 +233,7 @@ def check_rollout_kl(rollout_kl):
         logp_all = completion_logprobs(model, input_ids, attention_mask, ones)      # (B, T-1), the policy
         got = rollout_kl(model, input_ids.clone(), attention_mask.clone(), response_mask.clone())
         # the adapter must be on again afterwards: the policy keeps training
-        adapter_back_on = _same(completion_logprobs(model, input_ids, attention_mask, ones), logp_all)
+        adapter_back_on = same(completion_logprobs(model, input_ids, attention_mask, ones), logp_all)
     if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(want.shape):
         raise CheckFailed(f"return one KL per answer: a tensor of shape {tuple(want.shape)}")
     if got.abs().max() < 1e-6:
@@ -275,13 +244,13 @@ def check_rollout_kl(rollout_kl):
         with model.disable_adapter():
             ref_all = completion_logprobs(model, input_ids, attention_mask, ones)
         per_token = logp_all - ref_all                                              # (B, T-1), unmasked
-    if _same(got, per_token.sum(1), atol=1e-4) or _same(got, (per_token * attention_mask[:, 1:]).sum(1), atol=1e-4):
+    if same(got, per_token.sum(1), atol=1e-4) or same(got, (per_token * attention_mask[:, 1:]).sum(1), atol=1e-4):
         raise CheckFailed("the KL was summed over the prompt (and padding) tokens too: only the answer was sampled "
                           "from the policy, so multiply by the response mask before summing")
-    if _same(got, (per_token * response_mask[:, :-1]).sum(1), atol=1e-4):
+    if same(got, (per_token * response_mask[:, :-1]).sum(1), atol=1e-4):
         raise CheckFailed("the mask is off by one: the log-prob at position t is that of token t + 1, so use "
                           "response_mask[:, 1:]")
-    if _same(got, -want, atol=1e-4):
+    if same(got, -want, atol=1e-4):
         raise CheckFailed("the KL has the wrong sign: log pi - log pi_ref (policy minus reference)")
     close(got, want, atol=1e-4, what="the KL per answer")
     if not adapter_back_on:

@@ -5,19 +5,13 @@ and names the mistake when a known wrong version matches instead."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
 from rlhf_course import dpo
-from rlhf_course.checks.core import CheckFailed, check, close
+from rlhf_course.checks.core import CheckFailed, check, close, name_the_mistake, quiet_loading, same
 from rlhf_course.logprobs import token_logprobs
-
-
-def _same(a, b, atol: float = 1e-5) -> bool:
-    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
-    return a.shape == b.shape and torch.allclose(a, b, atol=atol, rtol=1e-4)
 
 
 def _loss_inputs(seed: int = 0, B: int = 6) -> tuple[torch.Tensor, ...]:
@@ -29,20 +23,6 @@ def _loss_inputs(seed: int = 0, B: int = 6) -> tuple[torch.Tensor, ...]:
     policy_chosen = ref_chosen + torch.randn(B, generator=g) * 2
     policy_rejected = ref_rejected + torch.randn(B, generator=g) * 2
     return policy_chosen, policy_rejected, ref_chosen, ref_rejected
-
-
-@contextmanager
-def _quiet_loading():
-    """No "Loading weights" progress bar in the check's output (it would differ from run to run)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _model_and_batch(lora: bool):
@@ -58,7 +38,7 @@ def _model_and_batch(lora: bool):
     profile = pick_profile("tiny")
     tok = load_tokenizer(profile)
     torch.manual_seed(0)
-    with _quiet_loading():
+    with quiet_loading():
         model = load_policy(profile, lora=lora, verbose=False)
     if lora:
         with torch.no_grad():
@@ -95,7 +75,7 @@ def check_sequence_logps(sequence_logps):
     if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(want.shape):
         shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
         raise CheckFailed(f"return one summed log-prob per sequence, shape {tuple(want.shape)}; got {shape}")
-    if _same(got, want, atol=1e-4):
+    if same(got, want, atol=1e-4):
         return "log pi(answer | prompt): logits shifted by one, summed over the answer's tokens only"
     wrong = {
         "no_shift": (unshifted * comp).sum(1),
@@ -116,10 +96,7 @@ def check_sequence_logps(sequence_logps):
         "mean": "you averaged over the answer's tokens: DPO uses the log-probability of the whole answer, a sum",
         "probs": "sum log-probabilities, not probabilities: log pi(y|x) = sum_t log pi(y_t | x, y_<t)",
     }
-    for key, value in wrong.items():
-        if _same(got, value, atol=1e-4):
-            raise CheckFailed(messages[key])
-    close(got, want, atol=1e-4, what="log pi(answer | prompt)")
+    name_the_mistake(got, want, wrong, messages, what="log pi(answer | prompt)", atol=1e-4)
 
 
 # --- Exercise 7.2 ---------------------------------------------------------------------------------
@@ -160,17 +137,13 @@ def check_dpo_loss(dpo_loss):
         "sum": "average over the batch of pairs (mean), do not sum",
         "plus_log": "the sign of the loss is flipped: minimise -log sigmoid(...), the negative log-likelihood",
     }
-    if not _same(loss.detach(), want):
-        for key, value in wrong.items():
-            if _same(loss.detach(), value):
-                raise CheckFailed(messages[key])
-        close(loss.detach(), want, what="the DPO loss")
+    name_the_mistake(loss.detach(), want, wrong, messages, what="the DPO loss")
     for name, got, ref in (("chosen_rewards", chosen_rewards, want_chosen), ("rejected_rewards", rejected_rewards,
                                                                             want_rejected)):
         if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(ref.shape):
             raise CheckFailed(f"{name} should be one implicit reward per pair, shape {tuple(ref.shape)}")
         log_ratio = lc if name == "chosen_rewards" else lr
-        if _same(got.detach(), log_ratio):
+        if same(got.detach(), log_ratio):
             raise CheckFailed(f"{name} is missing beta: the implicit reward is beta * (log pi - log pi_ref)")
         close(got.detach(), ref, what=name + " (beta * (log pi - log pi_ref))")
         if got.requires_grad:
@@ -180,7 +153,7 @@ def check_dpo_loss(dpo_loss):
     loss.backward()
     pc_r, pr_r = pc.clone().requires_grad_(), pr.clone().requires_grad_()
     dpo.dpo_loss(pc_r, pr_r, rc, rr, beta=beta)[0].backward()
-    if not (_same(pc_g.grad, pc_r.grad) and _same(pr_g.grad, pr_r.grad)):
+    if not (same(pc_g.grad, pc_r.grad) and same(pr_g.grad, pr_r.grad)):
         raise CheckFailed("the value is right but the gradient is not: compute everything from the inputs with "
                           "torch operations (no .item() or .detach() on the policy's log-probs)")
     return f"DPO Eq. 7 (loss {want.item():.4f} here), implicit rewards beta * log pi/pi_ref, gradients as dpo.dpo_loss"
@@ -268,11 +241,7 @@ def check_ipo_loss(ipo_loss):
         "sigmoid": "that is DPO's loss: IPO replaces -log sigmoid(beta h) with the squared loss (h - 1 / (2 tau))^2",
         "sum": "average over the pairs (mean), do not sum",
     }
-    if not _same(loss.detach(), want):
-        for key, value in wrong.items():
-            if _same(loss.detach(), value):
-                raise CheckFailed(messages[key])
-        close(loss.detach(), want, what="the IPO loss")
+    name_the_mistake(loss.detach(), want, wrong, messages, what="the IPO loss")
     if not loss.requires_grad:
         raise CheckFailed("the loss has no gradient: do not detach the policy's log-probs")
     return f"IPO Eq. 17 (loss {want.item():.4f} here), as dpo.dpo_loss(loss_type='ipo') without length normalisation"
