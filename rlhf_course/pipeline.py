@@ -229,13 +229,19 @@ def write_report(out: Path, report: dict, results: dict, ppo_history: list, dpo_
     }
     made = [name for name, draw in figures.items() if draw(out / name) is not None]
     r, w, k = report["reward"], report["win_rate_vs_sft"], report["kl_to_sft"]
-    lines = [f"# rlhf-course pipeline report ({report['profile']} profile, {report['model']})", "",
+    model = "the course's tiny model (data/tiny)" if report["model"] == "tiny" else report["model"]
+    lines = [f"# rlhf-course pipeline report: {report['profile']} profile, {model}", "",
              "| stage | ground-truth reward | win rate vs SFT | KL to SFT (nats) |", "|---|---|---|---|"]
+    def cell(table: dict, stage: str, digits: int) -> str:  # "-" where a stage has no such number
+        value = table.get(stage, math.nan)
+        return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
     for stage in ("base", "sft", "ppo", "dpo", "best_of_n"):
-        lines.append(f"| {stage} | {r[stage]:.3f} | {w.get(stage, math.nan):.2f} | {k.get(stage, math.nan):.2f} |")
+        lines.append(f"| {stage} | {cell(r, stage, 3)} | {cell(w, stage, 2)} | {cell(k, stage, 2)} |")
     lines += ["", f"Reward model: held-out accuracy {report['rm_accuracy']:.3f}, Bayes limit of the labels "
               f"{report['rm_bayes_accuracy']:.3f}.", "",
               "| stage | seconds |", "|---|---|"] + [f"| {s} | {v} |" for s, v in report["seconds"].items()]
+    lines += ["", "(evaluation: all the evaluations together)"]
     lines += ["", f"Peak RSS: {report['peak_rss_gb']} GB.", "", "## Targets", ""]
     lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in report["targets"].items()] or ["- (no ground truth on this profile)"]
     lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in made]

@@ -1,0 +1,36 @@
+"""The main job end to end, with a few steps per stage: every stage runs and the report has what the
+README promises (the full run's numbers are measured by `rlhf-course pipeline`, not asserted here)."""
+
+import json
+
+from rlhf_course.pipeline import check_targets, run_pipeline
+
+
+def test_a_short_pipeline_writes_the_report_the_readme_promises(tiny, tmp_path):
+    short = tiny.replace(sft_steps=4, rm_steps=4, ppo_steps=2, dpo_steps=2)
+    report = run_pipeline(tmp_path, short, progress=False)
+
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["profile"] == "tiny" and on_disk == json.loads(json.dumps(report, default=float))
+    for stage in ("sft", "reward_model", "ppo", "dpo", "best_of_n", "total"):
+        assert report["seconds"][stage] > 0
+    assert set(report["reward"]) == {"base", "sft", "ppo", "dpo", "best_of_n"}
+    assert set(report["win_rate_vs_sft"]) >= {"ppo", "dpo"} and set(report["kl_to_sft"]) == {"ppo", "dpo"}
+    assert all(0 <= report["win_rate_vs_sft"][k] <= 1 for k in ("ppo", "dpo"))
+    assert 0.5 < report["rm_bayes_accuracy"] < 1 and 0 <= report["rm_accuracy"] <= 1
+    assert report["peak_rss_gb"] > 0
+    assert report["settings"]["ppo_steps"] == 2  # the profile's numbers reached the trainers' report
+
+    md = (tmp_path / "report.md").read_text()
+    assert "| ppo |" in md and "## Targets" in md
+    for png in ("stage_rewards.png", "reward_distributions.png", "ppo_training.png", "dpo_rewards.png", "reward_vs_kl.png"):
+        assert (tmp_path / png).stat().st_size > 1000 and f"({png})" in md
+    assert (tmp_path / "sft" / "model.safetensors").exists() and (tmp_path / "rm" / "adapter_model.safetensors").exists()
+
+
+def test_targets_are_judged_from_the_report():
+    report = {"profile": "tiny", "seconds": {"total": 170.0}, "peak_rss_gb": 1.0, "rm_accuracy": 0.86,
+              "rm_bayes_accuracy": 0.87, "win_rate_vs_sft": {"ppo": 0.81, "dpo": 0.5}}
+    assert list(check_targets(report).values()) == [True, True, True, True, False]
+    assert list(check_targets({**report, "seconds": {"total": 181.0}}).values())[0] is False
+    assert check_targets({**report, "profile": "7b"}) == {}
