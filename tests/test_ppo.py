@@ -176,14 +176,32 @@ def test_one_4bit_base_carries_policy_value_head_and_reward_model(tiny, tokenize
     assert not torch.equal(trainer.accelerator.unwrap_model(trainer.model).value_head.weight, head_before)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_two_processes() -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--main_process_port", str(_free_port()), "--mixed_precision", "no",
+         "--dynamo_backend", "no", str(REPO_ROOT / "tests" / "scripts" / "ppo_two_processes.py")],
+        capture_output=True, text=True, timeout=300)
+
+
 def test_ppo_runs_data_parallel_on_two_cpu_processes():
     """`accelerate launch` runs the unchanged trainer on 2 processes; DDP keeps their adapters equal."""
-    r = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         str(REPO_ROOT / "tests" / "scripts" / "ppo_two_processes.py")],
-        capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = _launch_two_processes()
+    if r.returncode != 0 and "Signal 6 (SIGABRT)" in r.stderr:
+        # Seen once (a clean-clone CI run, 2026-11-23; not reproduced in 3 reruns): a worker aborted in native code
+        # (no Python error). Retry once; a real failure of our code fails both times.
+        first = r.stderr
+        r = _launch_two_processes()
+        assert r.returncode == 0, "failed twice; first failure:\n" + first[:3000] + "\nsecond:\n" + r.stderr[:3000]
+    assert r.returncode == 0, r.stderr[:3000] + "\n...\n" + r.stderr[-2000:]
     assert "processes=2 in_sync=True changed=True steps=2" in r.stdout, r.stdout + r.stderr[-2000:]
 
 
