@@ -28,6 +28,19 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def fails_with():
+    """`fails_with(check_fn, candidate, words)`: assert that a notebook check rejects `candidate` with a
+    ✗ line that names the mistake (contains `words`)."""
+    from rlhf_course.checks.core import run_check
+
+    def assert_fails(check_fn, candidate, words: str) -> None:
+        ok, printed = run_check(check_fn, candidate)
+        assert ok is False and printed.startswith("✗") and words in printed, printed
+
+    return assert_fails
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

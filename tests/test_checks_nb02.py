@@ -14,38 +14,33 @@ from rlhf_course.checks.nb02_policy_gradients import (
 from rlhf_course.logprobs import token_logprobs
 
 
-def assert_fails_with(check_fn, candidate, words: str):
-    ok, printed = run(check_fn, candidate)
-    assert ok is False and "✗" in printed and words in printed, printed
-
-
 # --- reinforce_loss -------------------------------------------------------------------------------
 
-def test_reinforce_loss_check_passes_the_reference_and_names_each_mistake():
+def test_reinforce_loss_check_passes_the_reference_and_names_each_mistake(fails_with):
     def right(logprobs, returns, baseline):
         return -((returns - baseline).detach() * logprobs).mean()
 
     assert run(check_reinforce_loss, right)[0] is True
-    assert_fails_with(check_reinforce_loss, lambda lp, g, b: ((g - b) * lp).mean(), "sign is wrong")
-    assert_fails_with(check_reinforce_loss, lambda lp, g, b: -(g * lp).mean(), "baseline was not subtracted")
-    assert_fails_with(check_reinforce_loss, lambda lp, g, b: -((g - b) * lp).sum(), "summed over the batch")
-    assert_fails_with(check_reinforce_loss, lambda lp, g, b: -((g - b) * lp).mean().item(), "0-dimensional")
-    assert_fails_with(check_reinforce_loss, lambda lp, g, b: -((g - b) * lp).mean(), "baseline receives gradients")
+    fails_with(check_reinforce_loss, lambda lp, g, b: ((g - b) * lp).mean(), "sign is wrong")
+    fails_with(check_reinforce_loss, lambda lp, g, b: -(g * lp).mean(), "baseline was not subtracted")
+    fails_with(check_reinforce_loss, lambda lp, g, b: -((g - b) * lp).sum(), "summed over the batch")
+    fails_with(check_reinforce_loss, lambda lp, g, b: -((g - b) * lp).mean().item(), "0-dimensional")
+    fails_with(check_reinforce_loss, lambda lp, g, b: -((g - b) * lp).mean(), "baseline receives gradients")
 
 
 # --- masked_whiten --------------------------------------------------------------------------------
 
-def test_masked_whiten_check_passes_the_package_and_catches_unmasked_padding():
+def test_masked_whiten_check_passes_the_package_and_catches_unmasked_padding(fails_with):
     assert run(check_masked_whiten, ppo.masked_whiten)[0] is True
-    assert_fails_with(check_masked_whiten, lambda x, m: (x - x.mean()) / x.std(), "padding was not masked")
-    assert_fails_with(check_masked_whiten, lambda x, m: ppo.masked_whiten(x, m) + (1 - m) * 3.0, "padding positions should be 0")
+    fails_with(check_masked_whiten, lambda x, m: (x - x.mean()) / x.std(), "padding was not masked")
+    fails_with(check_masked_whiten, lambda x, m: ppo.masked_whiten(x, m) + (1 - m) * 3.0, "padding positions should be 0")
 
     def per_row(x, m):
         mean = (x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)
         var = (((x - mean) * m) ** 2).sum(1, keepdim=True) / m.sum(1, keepdim=True)
         return (x - mean) / (var + 1e-8).sqrt() * m
 
-    assert_fails_with(check_masked_whiten, per_row, "whole batch")
+    fails_with(check_masked_whiten, per_row, "whole batch")
 
     def unbiased(x, m):
         mean = (x * m).sum() / m.sum()
@@ -68,31 +63,31 @@ def gae(rewards, values, mask, gamma, lam, *, mask_values=True):
     return adv, adv + v
 
 
-def test_compute_gae_check_passes_the_package_and_names_each_mistake():
+def test_compute_gae_check_passes_the_package_and_names_each_mistake(fails_with):
     assert run(check_compute_gae, ppo.compute_gae)[0] is True
     assert run(check_compute_gae, gae)[0] is True
-    assert_fails_with(check_compute_gae, lambda r, v, m, g, l: gae(r, v, m, g, l, mask_values=False),
+    fails_with(check_compute_gae, lambda r, v, m, g, l: gae(r, v, m, g, l, mask_values=False),
                       "bootstrapped from a padded position")
-    assert_fails_with(check_compute_gae, lambda r, v, m, g, l: gae(r, v, m, l, g), "lambda and gamma are swapped")
-    assert_fails_with(check_compute_gae, lambda r, v, m, g, l: gae(r, v, m, g, 0.0), "one-step TD errors")
-    assert_fails_with(check_compute_gae, lambda r, v, m, g, l: (gae(r, v, m, g, l)[0],) * 2, "you returned the advantages")
+    fails_with(check_compute_gae, lambda r, v, m, g, l: gae(r, v, m, l, g), "lambda and gamma are swapped")
+    fails_with(check_compute_gae, lambda r, v, m, g, l: gae(r, v, m, g, 0.0), "one-step TD errors")
+    fails_with(check_compute_gae, lambda r, v, m, g, l: (gae(r, v, m, g, l)[0],) * 2, "you returned the advantages")
 
 
 # --- sequence_logprob -----------------------------------------------------------------------------
 
-def test_sequence_logprob_check_passes_the_reference_and_names_each_mistake():
+def test_sequence_logprob_check_passes_the_reference_and_names_each_mistake(fails_with):
     def right(logits, ids, mask):
         return (token_logprobs(logits[:, :-1], ids[:, 1:]) * mask[:, 1:]).sum(1)
 
     assert run(check_sequence_logprob, right)[0] is True
-    assert_fails_with(check_sequence_logprob, lambda lg, ids, m: (token_logprobs(lg, ids) * m).sum(1), "off by one")
-    assert_fails_with(check_sequence_logprob, lambda lg, ids, m: token_logprobs(lg[:, :-1], ids[:, 1:]).sum(1),
+    fails_with(check_sequence_logprob, lambda lg, ids, m: (token_logprobs(lg, ids) * m).sum(1), "off by one")
+    fails_with(check_sequence_logprob, lambda lg, ids, m: token_logprobs(lg[:, :-1], ids[:, 1:]).sum(1),
                       "prompt tokens too")
-    assert_fails_with(check_sequence_logprob, lambda lg, ids, m: (token_logprobs(lg[:, :-1], ids[:, 1:]) * m[:, :-1]).sum(1),
+    fails_with(check_sequence_logprob, lambda lg, ids, m: (token_logprobs(lg[:, :-1], ids[:, 1:]) * m[:, :-1]).sum(1),
                       "mask is not shifted")
-    assert_fails_with(check_sequence_logprob,
+    fails_with(check_sequence_logprob,
                       lambda lg, ids, m: (lg[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1) * m[:, 1:]).sum(1),
                       "raw logits")
-    assert_fails_with(check_sequence_logprob,
+    fails_with(check_sequence_logprob,
                       lambda lg, ids, m: (F.log_softmax(lg[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
                                           * m[:, 1:]).sum(1).detach(), "no gradient")

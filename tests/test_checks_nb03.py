@@ -11,11 +11,6 @@ from rlhf_course.checks.nb03_sft import (
 from rlhf_course.memory import Architecture, lora_parameter_count
 
 
-def assert_fails_with(check_fn, candidate, words: str):
-    ok, printed = run(check_fn, candidate)
-    assert ok is False and "✗" in printed and words in printed, printed
-
-
 # --- completion_labels ----------------------------------------------------------------------------
 
 def positions(input_ids):
@@ -27,18 +22,18 @@ def labels(input_ids, attention_mask, prompt_lengths, shift=0):
     return input_ids.masked_fill(prompt | (attention_mask == 0), -100)
 
 
-def test_completion_labels_check_passes_the_reference_and_names_each_mistake():
+def test_completion_labels_check_passes_the_reference_and_names_each_mistake(fails_with):
     assert run(check_completion_labels, labels)[0] is True
-    assert_fails_with(check_completion_labels, lambda ids, m, p: ids.clone(), "nothing was masked")
-    assert_fails_with(check_completion_labels, lambda ids, m, p: ids.masked_fill(m == 0, -100), "prompt tokens were not masked")
-    assert_fails_with(check_completion_labels, lambda ids, m, p: ids.masked_fill(positions(ids) < p[:, None], -100),
+    fails_with(check_completion_labels, lambda ids, m, p: ids.clone(), "nothing was masked")
+    fails_with(check_completion_labels, lambda ids, m, p: ids.masked_fill(m == 0, -100), "prompt tokens were not masked")
+    fails_with(check_completion_labels, lambda ids, m, p: ids.masked_fill(positions(ids) < p[:, None], -100),
                       "padding positions were not masked")
-    assert_fails_with(check_completion_labels,
+    fails_with(check_completion_labels,
                       lambda ids, m, p: ids.masked_fill((positions(ids) < p[:, None]) | (ids == 1), -100),
                       "every token equal to the pad token")
-    assert_fails_with(check_completion_labels, lambda ids, m, p: labels(ids, m, p, shift=1), "off by one")
-    assert_fails_with(check_completion_labels, lambda ids, m, p: labels(ids, m, p, shift=-1), "off by one")
-    assert_fails_with(check_completion_labels,
+    fails_with(check_completion_labels, lambda ids, m, p: labels(ids, m, p, shift=1), "off by one")
+    fails_with(check_completion_labels, lambda ids, m, p: labels(ids, m, p, shift=-1), "off by one")
+    fails_with(check_completion_labels,
                       lambda ids, m, p: ids.masked_fill((positions(ids) < p[:, None]) | (m == 0), 0), "not 0")
 
     def in_place(ids, m, p):
@@ -46,14 +41,14 @@ def test_completion_labels_check_passes_the_reference_and_names_each_mistake():
         ids[m == 0] = -100
         return ids
 
-    assert_fails_with(check_completion_labels, in_place, "in place")
+    fails_with(check_completion_labels, in_place, "in place")
 
     def shifted(ids, m, p):
         out = torch.full_like(ids, -100)
         out[:, :-1] = labels(ids, m, p)[:, 1:]
         return out
 
-    assert_fails_with(check_completion_labels, shifted, "do not shift")
+    fails_with(check_completion_labels, shifted, "do not shift")
 
 
 # --- lora_forward ---------------------------------------------------------------------------------
@@ -62,13 +57,13 @@ def lora(x, W, A, B, alpha, r):
     return x @ W.T + (alpha / r) * (x @ A.T @ B.T)
 
 
-def test_lora_forward_check_passes_the_reference_and_names_each_mistake():
+def test_lora_forward_check_passes_the_reference_and_names_each_mistake(fails_with):
     assert run(check_lora_forward, lora)[0] is True
-    assert_fails_with(check_lora_forward, lambda x, W, A, B, a, r: x @ W.T + x @ A.T @ B.T, "scale alpha / r is missing")
-    assert_fails_with(check_lora_forward, lambda x, W, A, B, a, r: x @ W.T + (r / a) * (x @ A.T @ B.T), "upside down")
-    assert_fails_with(check_lora_forward, lambda x, W, A, B, a, r: x @ W.T, "LoRA branch is missing")
-    assert_fails_with(check_lora_forward, lambda x, W, A, B, a, r: (a / r) * (x @ A.T @ B.T), "frozen weight")
-    assert_fails_with(check_lora_forward, lambda x, W, A, B, a, r: x @ W + (a / r) * (x @ A.T @ B.T), "x W^T")
+    fails_with(check_lora_forward, lambda x, W, A, B, a, r: x @ W.T + x @ A.T @ B.T, "scale alpha / r is missing")
+    fails_with(check_lora_forward, lambda x, W, A, B, a, r: x @ W.T + (r / a) * (x @ A.T @ B.T), "upside down")
+    fails_with(check_lora_forward, lambda x, W, A, B, a, r: x @ W.T, "LoRA branch is missing")
+    fails_with(check_lora_forward, lambda x, W, A, B, a, r: (a / r) * (x @ A.T @ B.T), "frozen weight")
+    fails_with(check_lora_forward, lambda x, W, A, B, a, r: x @ W + (a / r) * (x @ A.T @ B.T), "x W^T")
 
 
 # --- count_lora_params ----------------------------------------------------------------------------
@@ -87,8 +82,8 @@ def no_gqa(config, r, targets):
     return lora_parameter_count(arch, r, targets)
 
 
-def test_count_lora_params_check_passes_the_reference_and_names_each_mistake():
+def test_count_lora_params_check_passes_the_reference_and_names_each_mistake(fails_with):
     assert run(check_count_lora_params, count)[0] is True
-    assert_fails_with(check_count_lora_params, no_gqa, "grouped-query attention")
-    assert_fails_with(check_count_lora_params, lambda c, r, t: count(c, r, t) // c.num_hidden_layers, "number of layers")
-    assert_fails_with(check_count_lora_params, lambda c, r, t: 0, "peft trains")
+    fails_with(check_count_lora_params, no_gqa, "grouped-query attention")
+    fails_with(check_count_lora_params, lambda c, r, t: count(c, r, t) // c.num_hidden_layers, "number of layers")
+    fails_with(check_count_lora_params, lambda c, r, t: 0, "peft trains")

@@ -11,19 +11,13 @@ from rlhf_course.checks.nb04_human_feedback import (
 )
 
 
-def _fails_with(capsys, check, candidate, words: str) -> None:
-    assert check(candidate) is False
-    printed = capsys.readouterr().out
-    assert printed.startswith("✗") and words in printed, printed
+def test_bt_probability_mistakes_are_named(fails_with):
+    fails_with(check_bt_probability, lambda a, b, t: 1 / (1 + math.exp(-(b - a) / t)), "sign is reversed")
+    fails_with(check_bt_probability, lambda a, b, t: 1 / (1 + math.exp(-(a - b))), "temperature is missing")
+    fails_with(check_bt_probability, lambda a, b, t: 1 / (1 + math.exp(-(a - b) * t)), "multiplied")
 
 
-def test_bt_probability_mistakes_are_named(capsys):
-    _fails_with(capsys, check_bt_probability, lambda a, b, t: 1 / (1 + math.exp(-(b - a) / t)), "sign is reversed")
-    _fails_with(capsys, check_bt_probability, lambda a, b, t: 1 / (1 + math.exp(-(a - b))), "temperature is missing")
-    _fails_with(capsys, check_bt_probability, lambda a, b, t: 1 / (1 + math.exp(-(a - b) * t)), "multiplied")
-
-
-def test_cohen_kappa_mistakes_are_named(capsys):
+def test_cohen_kappa_mistakes_are_named(fails_with):
     def observed(x, y):
         return sum(a == b for a, b in zip(x, y)) / len(x)
 
@@ -31,12 +25,12 @@ def test_cohen_kappa_mistakes_are_named(capsys):
         p_e = 1 / len(set(x) | set(y))
         return (observed(x, y) - p_e) / (1 - p_e)
 
-    _fails_with(capsys, check_cohen_kappa, observed, "observed agreement")
-    _fails_with(capsys, check_cohen_kappa, uniform_chance, "each rater's own rate")
+    fails_with(check_cohen_kappa, observed, "observed agreement")
+    fails_with(check_cohen_kappa, uniform_chance, "each rater's own rate")
 
 
-def test_majority_and_records_mistakes_are_named(capsys):
-    _fails_with(capsys, check_majority, lambda votes: Counter(votes).most_common(1)[0][0] if votes else None,
+def test_majority_and_records_mistakes_are_named(fails_with):
+    fails_with(check_majority, lambda votes: Counter(votes).most_common(1)[0][0] if votes else None,
                 "top answers tie")
 
     def keeps_ties(labels, much_better_margin=1.0):
@@ -47,5 +41,5 @@ def test_majority_and_records_mistakes_are_named(capsys):
     def a_always_chosen(labels, much_better_margin=1.0):
         return [r for r, l in zip(keeps_ties(labels), labels) if l.decision in ("a", "b")]
 
-    _fails_with(capsys, check_labels_to_records, keeps_ties, "ties and skips must be dropped")
-    _fails_with(capsys, check_labels_to_records, a_always_chosen, "'b' decision")
+    fails_with(check_labels_to_records, keeps_ties, "ties and skips must be dropped")
+    fails_with(check_labels_to_records, a_always_chosen, "'b' decision")

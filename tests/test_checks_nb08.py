@@ -32,9 +32,8 @@ def test_exact_best_of_n_kl_approaches_the_formula():
     (lambda n: math.log(n) + (n - 1) / n, "wrong sign"),
     (lambda n: math.log2(n) - (n - 1) / n, "natural logarithm"),
 ])
-def test_best_of_n_kl_mistakes(wrong, message):
-    ok, printed = run(nb08.check_best_of_n_kl, wrong)
-    assert not ok and message in printed, printed
+def test_best_of_n_kl_mistakes(wrong, message, fails_with):
+    fails_with(nb08.check_best_of_n_kl, wrong, message)
 
 
 def _batch_normalised(r, g):
@@ -62,9 +61,8 @@ def _strided(r, g):
     (_no_eps, "NaN or inf"),
     (_strided, "CONSECUTIVE"),
 ])
-def test_group_relative_advantages_mistakes(wrong, message):
-    ok, printed = run(nb08.check_group_relative_advantages, wrong)
-    assert not ok and message in printed, printed
+def test_group_relative_advantages_mistakes(wrong, message, fails_with):
+    fails_with(nb08.check_group_relative_advantages, wrong, message)
 
 
 def test_group_relative_advantages_accepts_the_biased_std_too():
@@ -87,9 +85,8 @@ def _divide_by_k(r, k):
     (lambda r, k: r - (r.sum() - r) / (r.numel() - 1), "whole batch"),
     (group_relative_advantages, "GRPO's advantage"),
 ])
-def test_rloo_advantages_mistakes(wrong, message):
-    ok, printed = run(nb08.check_rloo_advantages, wrong)
-    assert not ok and message in printed, printed
+def test_rloo_advantages_mistakes(wrong, message, fails_with):
+    fails_with(nb08.check_rloo_advantages, wrong, message)
     assert run(nb08.check_rloo_advantages, rloo_advantages)[0]
 
 
@@ -99,9 +96,8 @@ def test_rloo_advantages_mistakes(wrong, message):
     (lambda a, b: sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)) / len(a), "floating point"),
     (lambda a, b: sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)), "not a count"),
 ])
-def test_win_rate_mistakes(wrong, message):
-    ok, printed = run(nb08.check_win_rate, wrong)
-    assert not ok and message in printed, printed
+def test_win_rate_mistakes(wrong, message, fails_with):
+    fails_with(nb08.check_win_rate, wrong, message)
 
 
 def _overall(prompts, responses, harmful=False):
@@ -123,9 +119,8 @@ def _inverted(prompts, responses, harmful=False):
     (_no_nan, "divided by 0"),
     (_inverted, "the other kind"),
 ])
-def test_refusal_rate_mistakes(wrong, message):
-    ok, printed = run(nb08.check_refusal_rate, wrong)
-    assert not ok and message in printed, printed
+def test_refusal_rate_mistakes(wrong, message, fails_with):
+    fails_with(nb08.check_refusal_rate, wrong, message)
 
 
 def test_refusal_cases_cover_both_kinds_of_prompt():
