@@ -184,19 +184,6 @@ def dpo_config(profile: Profile, *, steps: int | None = None, beta: float | None
     )
 
 
-def keep_adapter_fp32_unless_bf16(model, profile: Profile) -> None:
-    """Undo TRL's bf16 cast of LoRA weights on a quantized base unless the profile computes in bf16.
-
-    TRL's DPOTrainer casts every trainable parameter to bf16 when the base is 4-bit (QLoRA paper's
-    recipe). On a T4 (no bf16, fp16 mixed precision) and on a CPU (fp32) we keep the adapter in fp32
-    instead: fp32 master weights are what make fp16 mixed precision safe, and the CPU path stays fp32.
-    """
-    if profile.compute_dtype == torch.bfloat16:
-        return
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != torch.float32:
-            param.data = param.data.float()
-
 
 def train_dpo(profile: Profile, dataset=None, *, model_id: str | None = None, steps: int | None = None,
               beta: float | None = None, loss_type: str = "sigmoid", learning_rate: float | None = None,
@@ -224,14 +211,14 @@ def train_dpo(profile: Profile, dataset=None, *, model_id: str | None = None, st
     adapter weights to fp32 (`autocast_adapter_dtype=True`), but TRL's DPOTrainer then, for a
     quantized base only, casts every trainable parameter to bf16 by hand (the QLoRA paper's choice;
     peft's `autocast_adapter_dtype=False` does not support quantized models, peft#2889). On a T4
-    that would train bf16 weights on a GPU without bf16, so `keep_adapter_fp32_unless_bf16` casts them
+    that would train bf16 weights on a GPU without bf16, so `loading.keep_trainable_fp32` casts them
     back to fp32 unless the profile computes in bf16. The same path runs on the tiny model with
     `load_in_4bit=True` on a CPU (fp32 compute, fp32 adapter), which is how the tests cover it.
     """
     from transformers import PrinterCallback
     from trl import DPOTrainer
 
-    from rlhf_course.loading import load_policy, load_tokenizer, lora_config
+    from rlhf_course.loading import keep_trainable_fp32, load_policy, load_tokenizer, lora_config
 
     tokenizer = load_tokenizer(profile, model_id)
     model = load_policy(profile, lora=False, load_in_4bit=load_in_4bit, model_id=model_id)
@@ -242,7 +229,7 @@ def train_dpo(profile: Profile, dataset=None, *, model_id: str | None = None, st
                          processing_class=tokenizer, peft_config=lora_config(profile))
     if not progress:
         trainer.remove_callback(PrinterCallback)  # without a progress bar, Trainer prints every log line
-    keep_adapter_fp32_unless_bf16(trainer.model, profile)
+    keep_trainable_fp32(trainer.model, profile)
     out = train_resumable(trainer, checkpoint_dir, resume)
     history = [h for h in trainer.state.log_history if "loss" in h]
     last = history[-1] if history else {}

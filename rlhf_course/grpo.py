@@ -35,7 +35,7 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from rlhf_course import toyworld
 from rlhf_course.best_of_n import as_prompt
-from rlhf_course.loading import load_policy, load_tokenizer, lora_config
+from rlhf_course.loading import keep_trainable_fp32, load_policy, load_tokenizer, lora_config
 from rlhf_course.profiles import Profile
 from rlhf_course.sampling import Completion, as_messages
 from rlhf_course.sft import TrainResult, trl_common_args
@@ -93,13 +93,6 @@ def prompt_dataset(prompts: list | None = None) -> datasets.Dataset:
     return datasets.Dataset.from_list([{"prompt": as_messages(as_prompt(p))} for p in prompts])
 
 
-def _keep_trainable_in_fp32(model) -> None:
-    # TRL casts the trainable weights of a quantized model to bf16 (the QLoRA paper's choice). A CPU
-    # computes in fp32 and a T4 has no bf16: keep the LoRA weights in fp32, as the profile says.
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
-
 
 def train_grpo(
     profile: Profile, *, algorithm: str = "grpo", reward_fn=toyworld.ground_truth_rewards,
@@ -150,7 +143,7 @@ def train_grpo(
     )
     if not progress:
         trainer.remove_callback(PrinterCallback)  # without a progress bar, Trainer prints every log line
-    _keep_trainable_in_fp32(trainer.model)
+    keep_trainable_fp32(trainer.model)
     out = trainer.train()
 
     history = [h for h in trainer.state.log_history if "reward" in h]  # the final summary row has no reward

@@ -179,3 +179,17 @@ def load_reward_model(profile: Profile, *, lora: bool = True, load_in_4bit: bool
     # the head reads the last token that is not padding, so the model must know the tokenizer's pad
     model.config.pad_token_id = (tokenizer or load_tokenizer(profile, model_id)).pad_token_id
     return get_peft_model(model, lora_config(profile, task_type="SEQ_CLS")) if lora else model
+
+
+def keep_trainable_fp32(model, profile: Profile | None = None) -> None:
+    """Undo TRL's bf16 cast of the trainable weights (LoRA, heads) of a model on a quantized base.
+
+    TRL's trainers cast them to bf16 when the base is 4-bit (the QLoRA paper's recipe). A CPU computes
+    in fp32 and a T4 has no bf16 (fp16 mixed precision needs fp32 master weights), so they go back to
+    fp32. With `profile`, a profile that computes in bf16 keeps TRL's bf16 adapters (SFT and DPO do
+    this, which halves their optimizer state: see `memory.py`)."""
+    if profile is not None and profile.compute_dtype == torch.bfloat16:
+        return
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()

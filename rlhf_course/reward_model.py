@@ -33,7 +33,7 @@ from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from rlhf_course import toyworld
-from rlhf_course.loading import load_reward_model, load_tokenizer
+from rlhf_course.loading import keep_trainable_fp32, load_reward_model, load_tokenizer
 from rlhf_course.paths import REPO_ROOT, data_path
 from rlhf_course.preferences import detect_format, load_preferences, to_conversational
 from rlhf_course.profiles import Profile
@@ -207,13 +207,6 @@ def _load_rm(profile: Profile, **kwargs):
         return load_reward_model(profile, **kwargs)
 
 
-def _keep_trainable_in_fp32(model) -> None:
-    # TRL casts the trainable weights of a quantized model to bf16 (the QLoRA paper's choice). A CPU
-    # computes in fp32 and a T4 has no bf16, so keep the adapter and the score head in fp32.
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
-
 
 def train_reward_model(
     profile: Profile, dataset=None, eval_dataset=None, *, model_id: str | None = None, steps: int | None = None,
@@ -268,7 +261,7 @@ def train_reward_model(
     trainer = RewardTrainer(model=model, args=args, train_dataset=train_data, processing_class=tokenizer)
     if not progress:
         trainer.remove_callback(PrinterCallback)  # without a progress bar, Trainer prints every log line
-    _keep_trainable_in_fp32(trainer.model)
+    keep_trainable_fp32(trainer.model)
     start = time.perf_counter()
     out = train_resumable(trainer, checkpoint_dir, resume)
     seconds = time.perf_counter() - start
@@ -317,7 +310,7 @@ def train_reward_model_scratch(
     torch.manual_seed(seed)
     model = _load_rm(profile, lora=lora, load_in_4bit=load_in_4bit, model_id=model_id, tokenizer=tokenizer,
                      verbose=progress)
-    _keep_trainable_in_fp32(model)
+    keep_trainable_fp32(model)
     model.train()
 
     # 1. tokenize every pair once, as TRL does (chat template over prompt + answer)

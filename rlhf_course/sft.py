@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-import torch
 from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
-from rlhf_course.loading import load_policy, load_tokenizer, lora_config
+from rlhf_course.loading import keep_trainable_fp32, load_policy, load_tokenizer, lora_config
 from rlhf_course.paths import data_path
 from rlhf_course.profiles import Profile
 
@@ -122,12 +121,7 @@ def train_sft(profile: Profile, dataset: datasets.Dataset | None = None, *, step
                          processing_class=tokenizer, peft_config=lora_config(profile))
     if not progress:
         trainer.remove_callback(PrinterCallback)  # without a progress bar, Trainer prints every log line
-    if profile.compute_dtype != torch.bfloat16:
-        # TRL casts the adapter of a 4-bit model to bf16 (the QLoRA paper's choice). A T4 has no bf16 and
-        # a CPU computes in fp32: keep fp32 adapter weights (fp16 mixed precision needs fp32 masters).
-        for param in trainer.model.parameters():
-            if param.requires_grad and param.dtype != torch.float32:
-                param.data = param.data.float()
+    keep_trainable_fp32(trainer.model, profile)
     out = train_resumable(trainer, checkpoint_dir, resume)
     history = [h for h in trainer.state.log_history if "loss" in h]
     return TrainResult(trainer.model, {"train_loss": out.training_loss}, history)
