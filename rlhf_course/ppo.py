@@ -43,7 +43,8 @@ from peft import LoraConfig, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from rlhf_course.sampling import Completion, answer_mask, as_messages, decode_responses, sample_ids
+from rlhf_course.reward_model import tokenize_conversations
+from rlhf_course.sampling import Completion, answer_mask, decode_responses, sample_ids
 from rlhf_course.sft import TrainResult
 
 RewardFn = Callable[[list, list[Completion]], list[float]]
@@ -250,12 +251,11 @@ class AdapterRewardModel:
 
     @torch.no_grad()
     def __call__(self, prompts: list, completions: list[Completion]) -> list[float]:
-        # Render exactly as TRL's RewardTrainer rendered the training pairs: the chat template over
-        # the prompt and the assistant's answer (which ends with the end-of-turn token).
-        texts = [self.tokenizer.apply_chat_template(as_messages(p) + [{"role": "assistant", "content": c.text}],
-                                                    tokenize=False) for p, c in zip(prompts, completions)]
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
-                             add_special_tokens=False).to(self.policy.device)
+        # Rendered exactly as TRL's RewardTrainer rendered the training pairs (the chat template over
+        # the prompt and the answer, closed by the end-of-turn token), then padded on the left.
+        ids = tokenize_conversations(self.tokenizer, prompts, completions)
+        enc = self.tokenizer.pad({"input_ids": ids}, padding=True, padding_side="left",
+                                 return_tensors="pt").to(self.policy.device)
         with active_adapter(self.policy, self.adapter_name):
             hidden = self.policy.get_base_model().model(**enc, use_cache=False).last_hidden_state
         return self.score_head(hidden[:, -1].float()).squeeze(-1).tolist()  # left padding: last token is real
