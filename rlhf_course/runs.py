@@ -27,7 +27,7 @@ import torch
 from rlhf_course.errors import OutOfMemory, RunError, free_accelerator_memory, memory_advice
 from rlhf_course.loading import ModelLoadError, load_tokenizer
 from rlhf_course.profiles import Profile, pick_profile
-from rlhf_course.sft import last_checkpoint
+from rlhf_course.sft import checkpoint_step_of, last_checkpoint
 
 STAGES = ("sft", "rm", "ppo", "dpo")
 NOT_COMPARED = ("seconds", "train_seconds", "resumed_from_step")  # differ between a resumed and a straight run
@@ -43,7 +43,7 @@ def checkpoint_step(stage: str, checkpoint_dir: Path) -> int | None:
         state = checkpoint_dir / "trainer_state.json"
         return json.loads(state.read_text())["step"] if state.is_file() else None
     last = last_checkpoint(checkpoint_dir)
-    return int(Path(last).name.split("-")[-1]) if last else None
+    return checkpoint_step_of(last) if last else None
 
 
 def _check_folder(out: Path, stage: str, settings: dict, resume: bool) -> int | None:

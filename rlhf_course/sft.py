@@ -65,6 +65,11 @@ def checkpoint_args(checkpoint_dir, save_every: int | None, steps: int, logging_
     return dict(save_strategy="steps", save_steps=every, save_only_model=False, save_total_limit=2)
 
 
+def checkpoint_step_of(folder) -> int:
+    """The step N of a Trainer checkpoint folder `checkpoint-N`."""
+    return int(Path(folder).name.split("-")[-1])
+
+
 def last_checkpoint(checkpoint_dir) -> str | None:
     """The newest complete checkpoint-N folder in `checkpoint_dir`, or None. Trainer writes
     trainer_state.json last, so a folder without it was cut short and is skipped."""
@@ -72,7 +77,7 @@ def last_checkpoint(checkpoint_dir) -> str | None:
     if folder is None or not folder.is_dir():
         return None
     done = [d for d in folder.glob("checkpoint-*") if d.name.split("-")[-1].isdigit() and (d / "trainer_state.json").is_file()]
-    return str(max(done, key=lambda d: int(d.name.split("-")[-1]))) if done else None
+    return str(max(done, key=checkpoint_step_of)) if done else None
 
 
 def train_resumable(trainer, checkpoint_dir=None, resume: bool = False):
@@ -84,7 +89,7 @@ def train_resumable(trainer, checkpoint_dir=None, resume: bool = False):
     out = trainer.train(resume_from_checkpoint=start)
     if start is None:
         return out
-    resumed_at = int(Path(start).name.split("-")[-1])
+    resumed_at = checkpoint_step_of(start)
     steps = trainer.state.global_step
     before, last = 0.0, 0
     for h in trainer.state.log_history:  # checkpoints sit on logging steps: these intervals are complete
