@@ -85,6 +85,8 @@ class Profile:
     ppo_steps: int = 100            # PPO iterations (rollout + optimisation)
     dpo_steps: int = 60
     eval_samples: int = 160
+    # capabilities: what this scale of the course can measure
+    has_ground_truth: bool = True   # the toy world's exact reward judges answers (tiny model only)
 
     @property
     def max_length(self) -> int:
@@ -129,6 +131,7 @@ def profile_7b(hw: Hardware, reason: str) -> Profile:
         max_prompt_length=256, max_new_tokens=128,
         batch_size=4, gradient_accumulation_steps=4,
         sft_steps=100, rm_steps=100, ppo_steps=20, dpo_steps=100, eval_samples=32,
+        has_ground_truth=False,  # a 7B answers in free text: an independent judge model scores it
     )
 
 
