@@ -147,7 +147,7 @@ def mean_reward(model, tokenizer, prompts: list, reward_fn, *, samples_per_promp
 def rejection_sampling_finetune(
     profile: Profile, *, model_id: str | None = None, prompts: list | None = None, n: int = 8,
     reward_fn=toyworld.ground_truth_rewards, rounds: int = 1, keep_top: int = 1, steps: int | None = None,
-    learning_rate: float = 3e-3, out_dir: str | None = None, progress: bool = True, seed: int = 0,
+    learning_rate: float | None = None, out_dir: str | None = None, progress: bool = True, seed: int = 0,
 ) -> TrainResult:
     """Rounds of: sample `n` answers per prompt from the current model, keep the `keep_top` best,
     fine-tune on them with LoRA (`sft.train_sft`), merge. The next round samples from the result.

@@ -90,9 +90,26 @@ def cmd_exercises(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
+    from rlhf_course.errors import RunError
     from rlhf_course.pipeline import run_pipeline
+    from rlhf_course.profiles import rehearsal_profile
 
-    run_pipeline(args.out, args.profile, seed=args.seed)
+    if args.rehearsal != (args.model is not None):
+        raise RunError("--rehearsal and --model DIR go together: DIR is a stand-in of the 7B "
+                       "(`rlhf-course build-standin --out DIR`); the 7b profile's own model comes from the Hub")
+    if args.rehearsal and args.profile not in (None, "7b"):
+        raise RunError("a rehearsal runs the 7b profile's code: use --profile 7b (or leave --profile out)")
+    profile = rehearsal_profile(args.model) if args.rehearsal else args.profile
+    run_pipeline(args.out, profile, seed=args.seed)
+    return 0
+
+
+def cmd_build_standin(args: argparse.Namespace) -> int:
+    from rlhf_course.standin import build_standin
+
+    out = build_standin(args.out, seed=args.seed)
+    print(f"wrote a stand-in of the 7B to {out} (model/ and judge/); rehearse with "
+          f"`rlhf-course pipeline --profile 7b --model {out} --rehearsal --out DIR`")
     return 0
 
 
@@ -192,7 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for report.json, report.md, plots and models")
     p.add_argument("--profile", choices=["tiny", "7b"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rehearsal", action="store_true", help="run the 7b profile's code on this machine's CPU, at "
+                   "rehearsal sizes, with the stand-in --model DIR (built by `build-standin`)")
+    p.add_argument("--model", metavar="DIR", help="with --rehearsal: the stand-in folder")
     p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("build-standin", help="a stand-in of the 7B (Mistral's architecture shrunk, random weights, "
+                                             "the real Mistral tokenizer) for rehearsals on a CPU")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_build_standin)
     add_train_and_memory(sub)
 
     p = sub.add_parser("labels", help="students' label files (from the notebook's labelling widget)")

@@ -52,7 +52,7 @@ class LoopConfig:
     prompts_per_round: int = 128    # prompts drawn per round (two answers each; identical pairs are dropped)
     # DPO, each round
     dpo_steps: int = 20             # optimiser steps per round, from the current model
-    beta: float | None = None       # None: dpo.TRAIN_DEFAULTS for the profile
+    beta: float | None = None       # None: the profile's recipe (profile.recipe.dpo_beta)
     learning_rate: float | None = None
     # evaluation, after each round
     eval_n_per_prompt: int = 4      # answers per held-out prompt (toyworld.eval_prompts(): 40 prompts)

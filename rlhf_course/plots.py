@@ -214,7 +214,8 @@ def plot_stage_rewards(report: dict, best: float | None = None, title: str = "Me
                        path: str | Path | None = None) -> Figure:
     """One bar per stage (base, sft, ppo, dpo, best_of_n, ... in the report's order) and a line at the
     best possible reward. `report`: stage -> mean reward, a summary dict with "reward", or an EvalResult.
-    best: defaults to the best possible mean on the held-out prompts (`evaluation.best_possible_reward`)."""
+    best: defaults to the best possible mean on the held-out prompts (`evaluation.best_possible_reward`);
+    NaN draws no line (a judge's scores have no known best)."""
     if best is None:
         from rlhf_course.evaluation import best_possible_reward
         best = best_possible_reward()
@@ -222,9 +223,10 @@ def plot_stage_rewards(report: dict, best: float | None = None, title: str = "Me
     fig, ax = plt.subplots(figsize=(1.1 * len(stages) + 2.5, 4.0), layout="constrained")
     bars = ax.bar(stages, values, color=[f"C{i}" for i in range(len(stages))])
     ax.bar_label(bars, fmt="%.2f", padding=2)
-    ax.axhline(best, color="gray", ls="--", label=f"best possible ({best:.2f})")
+    if not math.isnan(best):
+        ax.axhline(best, color="gray", ls="--", label=f"best possible ({best:.2f})")
+        ax.legend(loc="lower right", fontsize="small")
     ax.axhline(0.0, color="black", lw=0.8)
-    ax.set(title=title, xlabel="stage", ylabel=REWARD_LABEL)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.set(title=title, xlabel="stage", ylabel=REWARD_LABEL if "ground-truth" in title else "mean reward")
     ax.grid(alpha=0.3, axis="y")
     return _finish(fig, path)

@@ -30,7 +30,6 @@ import json
 import random
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -43,8 +42,12 @@ from peft import LoraConfig, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from rlhf_course import toyworld
+from rlhf_course.loading import (active_adapter, add_reference_adapter, is_adapter, load_policy, load_tokenizer,
+                                 reference_policy)
+from rlhf_course.profiles import TINY_RECIPE
 from rlhf_course.reward_model import tokenize_conversations
-from rlhf_course.sampling import Completion, answer_mask, decode_responses, sample_ids
+from rlhf_course.sampling import Completion, answer_mask, decode_responses, prompt_mask, sample_ids
 from rlhf_course.sft import TrainResult
 
 RewardFn = Callable[[list, list[Completion]], list[float]]
@@ -52,14 +55,16 @@ RewardFn = Callable[[list, list[Completion]], list[float]]
 
 @dataclass
 class PPOConfig:
-    """PPO's knobs, named as in the papers and in CleanRL / lm-human-preferences."""
+    """PPO's knobs, named as in the papers and in CleanRL / lm-human-preferences. The defaults are the
+    tiny profile's; `PPOConfig.for_profile(profile)` takes batch, lengths, steps, learning rate and
+    kl_coef from a profile (its recipe), which is what `train_ppo` does."""
 
     # rollout
     batch_size: int = 32              # prompts (= answers) sampled per iteration, per process
     max_new_tokens: int = 64          # answers longer than this are cut (and penalised, see missing_eos_penalty)
     temperature: float = 1.0          # sampling temperature; log-probs use the same one
     # optimisation
-    learning_rate: float = 5e-4       # LoRA adapters and value head (1e-3 already diverges on the tiny model)
+    learning_rate: float = TINY_RECIPE.ppo_learning_rate  # LoRA adapters and value head (tiny: 1e-3 diverges)
     num_ppo_epochs: int = 2           # passes over each batch of rollouts
     num_minibatches: int = 2          # minibatches per epoch
     max_grad_norm: float = 1.0
@@ -72,7 +77,7 @@ class PPOConfig:
     gae_lambda: float = 0.95
     whiten_advantages: bool = True
     # KL penalty to the reference
-    kl_coef: float = 0.05             # beta in r_t = -beta * (log pi - log pi_ref)
+    kl_coef: float = TINY_RECIPE.ppo_kl_coef  # beta in r_t = -beta * (log pi - log pi_ref)
     adaptive_kl: bool = False         # Ziegler et al.'s controller drives the KL toward target_kl
     target_kl: float = 6.0            # nats per answer
     kl_horizon: int = 10_000          # samples over which the controller adapts
@@ -87,6 +92,18 @@ class PPOConfig:
     def __post_init__(self):
         assert self.batch_size % self.num_minibatches == 0, "batch_size must divide into num_minibatches"
         self.minibatch_size = self.batch_size // self.num_minibatches
+
+    @classmethod
+    def for_profile(cls, profile, **changes) -> "PPOConfig":
+        """The profile's numbers (batch, answer length, steps, temperature, its recipe's learning rate and
+        kl_coef), then `changes` on top."""
+        num_minibatches = changes.get("num_minibatches", cls.num_minibatches)
+        defaults = dict(batch_size=profile.batch_size, max_new_tokens=profile.max_new_tokens, steps=profile.ppo_steps,
+                        temperature=profile.temperature, learning_rate=profile.recipe.ppo_learning_rate,
+                        kl_coef=profile.recipe.ppo_kl_coef,
+                        # a batch smaller than the default number of minibatches (a 7B's batch of 4) is one minibatch
+                        num_minibatches=min(num_minibatches, profile.batch_size))
+        return cls(**{**defaults, **changes})
 
 
 # --- pure helpers: the maths of PPO for LMs ----------------------------------------------------
@@ -208,18 +225,6 @@ class PolicyWithValueHead(nn.Module):
         return logits, values
 
 
-@contextmanager
-def active_adapter(model, name: str):
-    """Switch the PEFT model to another adapter (e.g. "reward") and back. PEFT's set_adapter also
-    flips requires_grad, so the previous adapter's trainability is restored on the way out."""
-    previous = model.active_adapter
-    model.set_adapter(name)
-    try:
-        yield
-    finally:
-        model.set_adapter(previous)
-
-
 class AdapterRewardModel:
     """A reward model that lives on the policy's base as a second LoRA adapter plus a score head.
 
@@ -232,20 +237,19 @@ class AdapterRewardModel:
         cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
         weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
         score_key = next(k for k in weights if k.endswith("score.weight") or k.endswith("score.modules_to_save.default.weight"))
-        lora = LoraConfig(r=cfg["r"], lora_alpha=cfg["lora_alpha"], target_modules=cfg["target_modules"],
-                          lora_dropout=0.0, bias=cfg.get("bias", "none"), use_rslora=cfg.get("use_rslora", False))
-        previous = policy.active_adapter
-        policy.add_adapter(adapter_name, lora)
-        lora_weights = {k: v for k, v in weights.items() if "lora_" in k}
-        result = set_peft_model_state_dict(policy, lora_weights, adapter_name=adapter_name)
-        assert not [k for k in result.unexpected_keys if "lora_" in k], f"reward adapter keys not loaded: {result.unexpected_keys[:3]}"
-        policy.set_adapter(previous)
-        for n, p in policy.named_parameters():           # the reward adapter is frozen
-            if f".{adapter_name}." in n:
-                p.requires_grad_(False)
+        if adapter_name not in policy.peft_config:  # put on once; a second reward function reuses it
+            trainable = {n: p.requires_grad for n, p in policy.named_parameters()}
+            lora = LoraConfig(r=cfg["r"], lora_alpha=cfg["lora_alpha"], target_modules=cfg["target_modules"],
+                              lora_dropout=0.0, bias=cfg.get("bias", "none"), use_rslora=cfg.get("use_rslora", False))
+            policy.add_adapter(adapter_name, lora)
+            lora_weights = {k: v for k, v in weights.items() if "lora_" in k}
+            result = set_peft_model_state_dict(policy, lora_weights, adapter_name=adapter_name)
+            assert not [k for k in result.unexpected_keys if "lora_" in k], f"reward adapter keys not loaded: {result.unexpected_keys[:3]}"
+            for n, p in policy.named_parameters():  # the reward adapter is frozen; the others keep their state
+                p.requires_grad_(trainable.get(n, False))
         self.policy, self.tokenizer, self.adapter_name = policy, tokenizer, adapter_name
         head = weights[score_key]
-        self.score_head = nn.Linear(head.shape[1], 1, bias=False).to(head.device)
+        self.score_head = nn.Linear(head.shape[1], 1, bias=False).to(policy.device)  # fp32, as trained
         self.score_head.weight.data.copy_(head.float())
         self.score_head.requires_grad_(False)
 
@@ -311,11 +315,12 @@ class PPOTrainer:
         # (Llama/Mistral use rotary positions, which depend only on distances, so left padding shifts nothing.)
         resp_mask = answer_mask(response, tok.eos_token_id)                              # (B, Tr) incl. EOS
         input_ids = torch.cat([query, response], dim=1)
-        attention_mask = torch.cat([(query != tok.pad_token_id).long(), resp_mask], dim=1)
+        attention_mask = torch.cat([prompt_mask(query, tok.pad_token_id), resp_mask], dim=1)
 
         logprobs, values, _ = self._forward(input_ids, attention_mask, Tq, cfg.temperature)
-        # Detail 2: the reference is the same network with the LoRA adapter switched off - no second copy.
-        with self.policy.disable_adapter():
+        # Detail 2: the reference is the same network - no second copy: with the LoRA adapter switched off,
+        # or, when training continues the SFT adapter of a 4-bit base, that adapter's frozen copy "ref".
+        with reference_policy(self.policy):
             ref_logprobs, _, _ = self._forward(input_ids, attention_mask, Tq, cfg.temperature)
 
         raw_scores = torch.tensor(self.reward_fn(prompts, completions), dtype=torch.float, device=input_ids.device)
@@ -485,15 +490,12 @@ def train_ppo(profile, *, model_id: str | None = None, reward_model_dir: str | P
     `reward_model_dir` (trained on the same base), or `reward_fn`, or the toy world's ground truth.
     With `checkpoint_dir` (e.g. a Drive folder in Colab) a checkpoint is kept there, and `resume`
     continues from it. The result's `.model` is the PEFT policy; `.history` one dict per iteration."""
-    from rlhf_course import toyworld
-    from rlhf_course.loading import load_policy, load_tokenizer
-
-    defaults = dict(batch_size=profile.batch_size, max_new_tokens=profile.max_new_tokens, steps=profile.ppo_steps,
-                    temperature=profile.temperature)
-    cfg = config or PPOConfig(**{**defaults, **config_changes})
+    cfg = config or PPOConfig.for_profile(profile, **config_changes)
     torch.manual_seed(cfg.seed)  # the LoRA adapter's initialisation is random too
     tokenizer = load_tokenizer(profile, model_id)
     policy = load_policy(profile, model_id=model_id, load_in_4bit=load_in_4bit)
+    if is_adapter(model_id):  # training continues the SFT adapter (a 4-bit base): its frozen copy is pi_ref
+        add_reference_adapter(policy)
     if reward_model_dir is not None:
         reward_fn = AdapterRewardModel(policy, tokenizer, reward_model_dir)
     reward_fn = reward_fn or toyworld.ground_truth_rewards

@@ -33,7 +33,7 @@ from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from rlhf_course import toyworld
-from rlhf_course.loading import keep_trainable_fp32, load_reward_model, load_tokenizer
+from rlhf_course.loading import adapter_base, is_adapter, keep_trainable_fp32, load_reward_model, load_tokenizer
 from rlhf_course.paths import REPO_ROOT, data_path
 from rlhf_course.preferences import detect_format, load_preferences, to_conversational
 from rlhf_course.profiles import Profile
@@ -41,8 +41,6 @@ from rlhf_course.sampling import as_messages
 from rlhf_course.sft import TrainResult, train_resumable, trl_common_args
 
 # AdamW learning rate per profile: the tiny model's LoRA likes it high; a 7B's LoRA wants TRL's default
-TRL_LEARNING_RATE = 1e-4      # RewardConfig's default
-LEARNING_RATES = {"tiny": 3e-3, "7b": TRL_LEARNING_RATE}
 LR_SCHEDULE = "cosine"        # shared by the TRL path and the from-scratch loop, so they can be compared
 WARMUP_RATIO = 0.1
 MAX_GRAD_NORM = 1.0           # transformers.Trainer's default, used by the TRL path; the loop below does the same
@@ -117,6 +115,16 @@ def pad_right(ids: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, to
     return input_ids, attention_mask
 
 
+def pad_for_reward_model(tokenizer):
+    """Make `tokenizer` pad with a token that never closes a turn, for a reward model, and return it.
+    transformers' sequence classifiers read the last token that is *not* the pad token; a tokenizer that
+    pads with its EOS (Zephyr's `</s>`, which also closes every turn) would make the head skip the
+    closing `</s>` it should read. Such a tokenizer pads with `<unk>` instead."""
+    if tokenizer.pad_token_id == tokenizer.eos_token_id and tokenizer.unk_token is not None:
+        tokenizer.pad_token = tokenizer.unk_token
+    return tokenizer
+
+
 @torch.no_grad()
 def score_texts(model, tokenizer, prompts: list, completions: list, batch_size: int = 64) -> torch.Tensor:
     """The reward of each (prompt, completion): a float tensor (N,) on the CPU.
@@ -126,11 +134,12 @@ def score_texts(model, tokenizer, prompts: list, completions: list, batch_size: 
     answer cut at the length limit is scored as if it had ended (see `reward_fn`'s missing_eos_penalty).
     """
     ids = tokenize_conversations(tokenizer, prompts, completions)
+    pad_id = model.config.pad_token_id  # the id the head's "last real token" rule skips (pad_for_reward_model)
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, len(ids), batch_size):
-        input_ids, attention_mask = pad_right(ids[i : i + batch_size], tokenizer.pad_token_id)
+        input_ids, attention_mask = pad_right(ids[i : i + batch_size], pad_id)
         logits = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
                        use_cache=False).logits                                    # (b, 1)
         out.append(logits.squeeze(-1).float().cpu())                                # (b,)
@@ -244,14 +253,14 @@ def train_reward_model(
     train_data = to_conversational_dataset(load_preferences(dataset if dataset is not None else load_rm_data("train")))
     eval_data = to_conversational_dataset(load_preferences(eval_dataset if eval_dataset is not None
                                                             else load_rm_data("test")))
-    tokenizer = load_tokenizer(profile, model_id)
+    tokenizer = pad_for_reward_model(load_tokenizer(profile, model_id))
     torch.manual_seed(seed)  # the score head is initialised at random
     model = _load_rm(profile, lora=lora, load_in_4bit=load_in_4bit, model_id=model_id, tokenizer=tokenizer,
                      verbose=progress)
 
     args = RewardConfig(
         **trl_common_args(profile, steps, out_dir, progress, seed, checkpoint_dir=checkpoint_dir, save_every=save_every),
-        learning_rate=learning_rate or LEARNING_RATES.get(profile.name, TRL_LEARNING_RATE),
+        learning_rate=learning_rate or profile.recipe.rm_learning_rate,
         lr_scheduler_type=LR_SCHEDULE,
         warmup_steps=WARMUP_RATIO,
         max_grad_norm=MAX_GRAD_NORM,
@@ -284,11 +293,13 @@ def load_trained_reward_model(profile: Profile, path: str | Path, *, model_id: s
     path = Path(path)
     if not (path / "adapter_config.json").exists():  # a full model folder
         return _load_rm(profile, lora=False, model_id=str(path), load_in_4bit=load_in_4bit, verbose=verbose).eval()
+    if is_adapter(model_id):  # the SFT adapter it was started from: the reward model's LoRA already holds it
+        model_id = adapter_base(profile, model_id)
     base = model_id or PeftConfig.from_pretrained(str(path)).base_model_name_or_path
     if not Path(base).is_absolute() and not Path(base).exists() and (REPO_ROOT / base).exists():
         base = str(REPO_ROOT / base)  # the shipped adapters record their base relative to the repository
     model = _load_rm(profile, lora=False, model_id=base, load_in_4bit=load_in_4bit,
-                     tokenizer=load_tokenizer(profile, str(path)), verbose=verbose)
+                     tokenizer=pad_for_reward_model(load_tokenizer(profile, str(path))), verbose=verbose)
     return PeftModel.from_pretrained(model, str(path)).eval()
 
 
@@ -306,7 +317,7 @@ def train_reward_model_scratch(
     pairs = to_conversational_dataset(load_preferences(dataset if dataset is not None else load_rm_data("train")))
     eval_data = to_conversational_dataset(load_preferences(eval_dataset if eval_dataset is not None
                                                             else load_rm_data("test")))
-    tokenizer = load_tokenizer(profile, model_id)
+    tokenizer = pad_for_reward_model(load_tokenizer(profile, model_id))
     torch.manual_seed(seed)
     model = _load_rm(profile, lora=lora, load_in_4bit=load_in_4bit, model_id=model_id, tokenizer=tokenizer,
                      verbose=progress)
@@ -319,7 +330,7 @@ def train_reward_model_scratch(
     margins = pairs["margin"] if "margin" in pairs.column_names else None
 
     params = [p for p in model.parameters() if p.requires_grad]
-    learning_rate = learning_rate or LEARNING_RATES.get(profile.name, TRL_LEARNING_RATE)
+    learning_rate = learning_rate or profile.recipe.rm_learning_rate
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)  # Trainer's AdamW, no decay
     scheduler = get_scheduler(LR_SCHEDULE, optimizer, num_warmup_steps=math.ceil(WARMUP_RATIO * steps),
                               num_training_steps=steps)

@@ -104,7 +104,7 @@ def load_sft_data(path: str | Path | None = None) -> datasets.Dataset:
 
 
 def train_sft(profile: Profile, dataset: datasets.Dataset | None = None, *, steps: int | None = None,
-              learning_rate: float = 3e-3, load_in_4bit: bool | None = None, model_id: str | None = None,
+              learning_rate: float | None = None, load_in_4bit: bool | None = None, model_id: str | None = None,
               out_dir: str | None = None, progress: bool = True, seed: int = 0,
               checkpoint_dir: str | Path | None = None, resume: bool = False, save_every: int | None = None) -> TrainResult:
     """Fine-tune the profile's base model on demonstrations with a LoRA adapter.
@@ -116,7 +116,7 @@ def train_sft(profile: Profile, dataset: datasets.Dataset | None = None, *, step
     args = SFTConfig(
         **trl_common_args(profile, steps or profile.sft_steps, out_dir, progress, seed,
                           checkpoint_dir=checkpoint_dir, save_every=save_every),
-        learning_rate=learning_rate,
+        learning_rate=learning_rate or profile.recipe.sft_learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=max(1, (steps or profile.sft_steps) // 10),
         max_length=profile.max_length,
@@ -130,6 +130,19 @@ def train_sft(profile: Profile, dataset: datasets.Dataset | None = None, *, step
     out = train_resumable(trainer, checkpoint_dir, resume)
     history = [h for h in trainer.state.log_history if "loss" in h]
     return TrainResult(trainer.model, {"train_loss": out.training_loss}, history)
+
+
+def save_sft_model(model, tokenizer, out_dir: str | Path) -> Path:
+    """Save the SFT model where every later stage starts: on a full-precision base, the adapter merged in
+    (a plain model folder); on a 4-bit base, which cannot take it in, the adapter itself (a folder with
+    adapter_config.json, and the tokenizer) - every loader in `loading` accepts either."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "is_loaded_in_4bit", False):
+        return save_merged(model, tokenizer, out_dir)
+    out = Path(out_dir)
+    model.save_pretrained(out, selected_adapters=["default"])  # safetensors
+    tokenizer.save_pretrained(out)
+    return out
 
 
 def save_merged(model, tokenizer, out_dir: str | Path) -> Path:

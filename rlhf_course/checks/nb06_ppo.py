@@ -197,7 +197,7 @@ def _kl_setup():
     from rlhf_course import toyworld
     from rlhf_course.loading import load_policy, load_tokenizer
     from rlhf_course.profiles import pick_profile
-    from rlhf_course.sampling import answer_mask, sample_ids
+    from rlhf_course.sampling import answer_mask, prompt_mask, sample_ids
 
     profile = pick_profile("tiny")
     tok = load_tokenizer(profile)
@@ -215,7 +215,7 @@ def _kl_setup():
         query, response, _ = sample_ids(model, tok, prompts, 12, temperature=1.0)
     resp = answer_mask(response, tok.eos_token_id)                                  # (B, Tr)
     input_ids = torch.cat([query, response], dim=1)                                 # (B, T)
-    attention_mask = torch.cat([(query != tok.pad_token_id).long(), resp], dim=1)   # (B, T)
+    attention_mask = torch.cat([prompt_mask(query, tok.pad_token_id), resp], dim=1)   # (B, T)
     response_mask = torch.cat([torch.zeros_like(query), resp], dim=1)               # (B, T)
     return model, tok, query, response, input_ids, attention_mask, response_mask
 
@@ -227,7 +227,7 @@ def check_rollout_kl(rollout_kl):
     from rlhf_course.logprobs import completion_logprobs
 
     model, tok, query, response, input_ids, attention_mask, response_mask = _kl_setup()
-    want, _ = kl_to_reference(model, "disable_adapter", tok, query, response)       # (B,)
+    want, _ = kl_to_reference(model, "self", tok, query, response)       # (B,)
     ones = torch.ones_like(input_ids)
     with torch.no_grad():
         logp_all = completion_logprobs(model, input_ids, attention_mask, ones)      # (B, T-1), the policy
