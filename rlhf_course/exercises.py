@@ -194,6 +194,26 @@ def cell_key(cell) -> tuple:
     return cell.cell_type, cell.source, tuple(cell.get("metadata", {}).get("tags", []))
 
 
+def keep_cell_ids(nb: nbformat.NotebookNode, stored: nbformat.NotebookNode) -> None:
+    """Give `nb`'s cells the stored ids: an unchanged cell its own, an edited one that of the cell it replaces
+    (same place, same type), so the notebook's diff shows the edit and not every id changing."""
+    unused = defaultdict(list)
+    for cell in stored.cells:
+        unused[cell_key(cell)].append(cell)
+    taken, edited = set(), []
+    for i, cell in enumerate(nb.cells):
+        if unused[cell_key(cell)]:
+            cell.id = unused[cell_key(cell)].pop(0).id
+            taken.add(cell.id)
+        else:
+            edited.append(i)
+    for i in edited:
+        old = stored.cells[i] if i < len(stored.cells) else None
+        if old is not None and old.cell_type == nb.cells[i].cell_type and old.id not in taken:
+            nb.cells[i].id = old.id
+            taken.add(old.id)
+
+
 def solution_notebook(master: Path, stored: nbformat.NotebookNode | None) -> tuple[nbformat.NotebookNode, bool]:
     """The complete notebook for `master`, and whether it must be executed to have valid outputs.
 
@@ -207,12 +227,7 @@ def solution_notebook(master: Path, stored: nbformat.NotebookNode | None) -> tup
         return stored, False
     nb = copy.deepcopy(fresh)
     nb.metadata = copy.deepcopy(stored.metadata)
-    unused = defaultdict(list)
-    for cell in stored.cells:
-        unused[cell_key(cell)].append(cell)
-    for cell in nb.cells:
-        if unused[cell_key(cell)]:
-            cell.id = unused[cell_key(cell)].pop(0).id
+    keep_cell_ids(nb, stored)
     code = [c for c in nb.cells if c.cell_type == "code"]
     stored_code = [c for c in stored.cells if c.cell_type == "code"]
     if [cell_key(c) for c in code] != [cell_key(c) for c in stored_code]:
