@@ -318,6 +318,14 @@ class Generated:
     stale: list[str] = field(default_factory=list)
 
 
+def shown(path: Path) -> Path:
+    """A path as the user typed it: relative to the current folder when inside it."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 def lesson_numbers(names: list[str], solutions: Path) -> set[str]:
     """`--execute 3 03 03_sft solutions/03_sft.py` all name lesson 03."""
     known = {m.name[:2] for m in masters(solutions)}
@@ -325,7 +333,8 @@ def lesson_numbers(names: list[str], solutions: Path) -> set[str]:
     for name in names:
         digits = re.match(r"\d+", Path(name).name)
         if not digits or f"{int(digits[0]):02d}" not in known:
-            raise MasterError(f"--execute {name}: no master solutions/NN_*.py with that number (known: {sorted(known)})")
+            raise MasterError(f"--execute {name}: no master solutions/NN_*.py with that number "
+                              f"(known: {sorted(known)})")
         numbers.add(f"{int(digits[0]):02d}")
     return numbers
 
@@ -347,17 +356,17 @@ def generate(solutions: Path = SOLUTIONS, notebooks: Path = NOTEBOOKS, check: bo
         run = execute is not None and (number in wanted if wanted else needs_run)
         if needs_run and not run:
             why = "not built yet from" if stored is None else "its code cells differ from"
-            done.stale.append(f"{solution}: {why} its master {master.name}: run `rlhf-course exercises --execute {number}`")
+            done.stale.append(f"{shown(solution)}: {why} its master {master.name}: "
+                              f"run `rlhf-course exercises --execute {number}`")
             continue
         if run:
-            log(f"executing {solution} ...")
-            log(f"executed {solution} in {execute_notebook(nb, solutions):.1f} s")
+            log(f"executing {shown(solution)} ...")
+            log(f"executed {shown(solution)} in {execute_notebook(nb, solutions):.1f} s")
         for path, text in ((solution, render(nb)), (notebooks / solution.name, render(student_version(nb)))):
             if path.exists() and path.read_text() == text:
                 continue
             if check:
-                what = "its text cells differ from" if path == solution else "out of date with"
-                done.stale.append(f"{path}: {what} its master {master.name}: run `rlhf-course exercises`")
+                done.stale.append(f"{shown(path)}: out of date with its master {master.name}: run `rlhf-course exercises`")
             else:
                 path.parent.mkdir(exist_ok=True)
                 path.write_text(text)
@@ -368,7 +377,8 @@ def generate(solutions: Path = SOLUTIONS, notebooks: Path = NOTEBOOKS, check: bo
     for folder in (solutions, notebooks):
         for path in sorted(folder.glob("*.ipynb")):
             if path.stem not in lessons:
-                done.stale.append(f"{path}: no master solutions/{path.stem}.py, so it is never rebuilt: {fix[folder]}")
+                done.stale.append(f"{shown(path)}: no master solutions/{path.stem}.py, so it is never rebuilt: "
+                                  f"{fix[folder]}")
     return done
 
 
