@@ -180,11 +180,21 @@ def master_from_notebook(path: Path) -> str:
 
 def import_notebook(path: Path) -> Path:
     """Write `solutions/NN_name.py` from `solutions/NN_name.ipynb` (a notebook changed in Jupyter, or merged
-    from a branch that changed the notebook); the master's previous text is in git."""
+    from a branch that changed the notebook). The master's previous text must be committed: it stays in git."""
     path = Path(path)
-    master = path.with_suffix(".py")
-    master.write_text(master_from_notebook(path))
+    master, text = path.with_suffix(".py"), master_from_notebook(path)
+    if master.exists() and master.read_text() != text and uncommitted(master):
+        raise MasterError(f"{master}: has changes that are not committed, which importing {path.name} would "
+                          "overwrite: commit (or stash) them first")
+    master.write_text(text)
     return master
+
+
+def uncommitted(path: Path) -> bool:
+    """Whether git sees changes to `path` that are not committed (False outside a git checkout)."""
+    status = subprocess.run(["git", "status", "--porcelain", "--", path.name], cwd=path.parent,
+                            capture_output=True, text=True)
+    return status.returncode == 0 and bool(status.stdout.strip())
 
 
 # --- the complete notebook: stored outputs kept, or executed -----------------------------------

@@ -7,13 +7,14 @@ import functools
 import io
 import os
 import shutil
+import subprocess
 
 import nbformat
 import pytest
 
 from rlhf_course.cli import main
 from rlhf_course.exercises import (NBVAL_ENV, NOTEBOOKS, SETUP_CELL, SETUP_LINE, SOLUTIONS, MasterError, colab_badge,
-                                   exercises, generate, has_solution, master_from_notebook, masters,
+                                   exercises, generate, has_solution, import_notebook, master_from_notebook, masters,
                                    notebook_from_master)
 
 MASTERS = masters()
@@ -133,6 +134,22 @@ def test_check_fails_on_a_notebook_without_a_master(repo):
     stale = run(repo, check=True).stale
     assert any(line.startswith(f"{repo}/notebooks/99_gone.ipynb: no master") for line in stale)
     assert any(line.startswith(f"{repo}/solutions/{LESSON}.ipynb: no master") for line in stale)
+
+
+def test_import_notebook_rewrites_the_master_but_never_over_uncommitted_edits(repo):
+    master, solution = repo / "solutions" / f"{LESSON}.py", repo / "solutions" / f"{LESSON}.ipynb"
+    good = master.read_text()
+    git = lambda *args: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
+                                       check=True, capture_output=True)
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "lesson 00")
+    master.write_text(good + "\n# %%\nprint('not committed')\n")
+    with pytest.raises(MasterError, match="not committed"):
+        import_notebook(solution)
+    assert "not committed" in master.read_text()
+    git("commit", "-qam", "an edit")
+    assert import_notebook(solution) == master and master.read_text() == good
 
 
 @pytest.mark.parametrize("edit, says", [
