@@ -80,13 +80,12 @@ def cmd_make_toy_data(args: argparse.Namespace) -> int:
 def cmd_exercises(args: argparse.Namespace) -> int:
     from rlhf_course.exercises import generate
 
-    paths = generate(check=args.check)
-    if args.check:
-        for p in paths:
-            print(f"out of date: {p} (run `rlhf-course exercises`)")
-        return 1 if paths else 0
-    print(f"wrote {len(paths)} notebook(s)" + "".join(f"\n  {p}" for p in paths))
-    return 0
+    done = generate(check=args.check, execute=args.execute)
+    for line in done.stale:
+        print(line)
+    if not args.check:
+        print(f"wrote {len(done.written)} notebook(s)" + "".join(f"\n  {p}" for p in done.written))
+    return 1 if done.stale else 0
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
@@ -201,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data/toy")
     p.set_defaults(func=cmd_make_toy_data)
 
-    p = sub.add_parser("exercises", help="generate notebooks/ (exercises) from solutions/; --check: fail if stale")
-    p.add_argument("--check", action="store_true", help="only check that notebooks/ is up to date")
+    p = sub.add_parser("exercises", help="build solutions/NN.ipynb and notebooks/NN.ipynb from the masters solutions/NN.py")
+    p.add_argument("--check", action="store_true", help="only check that both notebooks of every master are up to date")
+    p.add_argument("--execute", nargs="*", metavar="NN", help="run these lessons' notebooks (none named: those whose code changed)")
     p.set_defaults(func=cmd_exercises)
 
     p = sub.add_parser("pipeline", help="the main job: SFT -> reward model -> PPO -> DPO -> best-of-N -> report")
