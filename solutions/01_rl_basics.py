@@ -37,8 +37,8 @@ from rlhf_course.checks.nb01_rl_basics import (check_bellman_backup, check_disco
 from rlhf_course.loading import load_policy, load_tokenizer
 from rlhf_course.logprobs import token_logprobs
 from rlhf_course.profiles import pick_profile
-from rlhf_course.rl_basics import (ACTIONS, ARROWS, Bandit, GridWorld, mean_curves, plot_gridworld, plot_regret,
-                                   policy_evaluation, ucb_action)
+from rlhf_course.rl_basics import (ACTIONS, ARROWS, Bandit, GridWorld, greedy_policy, mean_curves, plot_gridworld,
+                                   plot_regret, policy_evaluation, ucb_action)
 from rlhf_course.sampling import sample_ids
 
 # %%
@@ -339,7 +339,10 @@ print("they agree within 0.03:", abs(V_random[start].item() - mc_random) < 0.03)
 # Turn the Bellman optimality equation into an update: start from $V = 0$, then repeat
 # $V(s) \leftarrow \max_a Q(s, a)$ with `Q = bellman_backup(V, P, R, gamma)` until no value moves by
 # more than `tol`. Return $V^*$ and the greedy policy $\pi^*(s) = \arg\max_a Q(s, a)$ (one action index
-# per state, a `long` tensor of shape `(S,)`).
+# per state, a `long` tensor of shape `(S,)`). Take it with `greedy_policy(Q)`, the course's argmax
+# with ties broken toward the first action: this gridworld is symmetric about its diagonal, so some
+# actions are worth *exactly* the same, and a plain `Q.argmax(dim=1)` would let the last bits of the
+# CPU's arithmetic choose between them (an Intel and an AMD CPU draw different arrows).
 
 # %%
 def value_iteration(P: torch.Tensor, R: torch.Tensor, gamma: float, tol: float = 1e-10,
@@ -348,14 +351,14 @@ def value_iteration(P: torch.Tensor, R: torch.Tensor, gamma: float, tol: float =
     V = torch.zeros(P.shape[0], dtype=P.dtype)  # (S,)
     # SOLUTION
     # STUB return V, torch.zeros(P.shape[0], dtype=torch.long)
-    # HINT Q.max(dim=1).values is max over actions, Q.argmax(dim=1) the best action; stop when (V_new - V).abs().max() < tol
+    # HINT Q.max(dim=1).values is max over actions, greedy_policy(Q) the best action; stop when (V_new - V).abs().max() < tol
     for _ in range(max_iters):
         V_new = bellman_backup(V, P, R, gamma).max(dim=1).values
         converged = (V_new - V).abs().max() < tol
         V = V_new
         if converged:
             break
-    return V, bellman_backup(V, P, R, gamma).argmax(dim=1)
+    return V, greedy_policy(bellman_backup(V, P, R, gamma))
     # END SOLUTION
 
 

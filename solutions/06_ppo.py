@@ -417,7 +417,7 @@ plots.plot_reward_vs_kl({"PPO, along training": points}, best=best_possible_rewa
 eval_kw = dict(n_per_prompt=4, max_new_tokens=profile.max_new_tokens, temperature=profile.temperature, seed=0)
 with policy.disable_adapter():                                        # the SFT model, from the same weights
     sft_eval = evaluate_policy(policy, tokenizer, **eval_kw)
-ppo_eval = evaluate_policy(policy, tokenizer, reference="disable_adapter", baseline=sft_eval, **eval_kw)
+ppo_eval = evaluate_policy(policy, tokenizer, reference="self", baseline=sft_eval, **eval_kw)
 sft_summary, ppo_summary = sft_eval.summary(), ppo_eval.summary()
 for key in ("reward", "helpful", "harmless", "length", "refusal_harmful", "sycophancy"):
     print(f"{key:>16}: SFT {sft_summary[key]:6.2f}   PPO {ppo_summary[key]:6.2f}")

@@ -431,7 +431,7 @@ check_ipo_loss(ipo_loss)
 eval_kw = dict(n_per_prompt=4, max_new_tokens=profile.max_new_tokens, temperature=profile.temperature, seed=0)
 with dpo_model.disable_adapter():                                      # the SFT model, from the same weights
     sft_eval = evaluate_policy(dpo_model, tokenizer, **eval_kw)
-dpo_eval = evaluate_policy(dpo_model, tokenizer, reference="disable_adapter", baseline=sft_eval, **eval_kw)
+dpo_eval = evaluate_policy(dpo_model, tokenizer, reference="self", baseline=sft_eval, **eval_kw)
 sft_summary, dpo_summary = sft_eval.summary(), dpo_eval.summary()
 for key in ("reward", "helpful", "harmless", "length", "well_formed", "sycophancy"):
     print(f"{key:>12}: SFT {sft_summary[key]:6.2f}   DPO {dpo_summary[key]:6.2f}")

@@ -519,9 +519,9 @@ for k in (1, 4, 16):
 # %%
 EVAL = dict(n_per_prompt=4, seed=1, reward_fn=rm_fn, **SAMPLE)
 sft_eval = evaluation.evaluate_policy(policy, tokenizer, eval_prompts, **EVAL)
-rs_eval = evaluation.evaluate_policy(rs.model, tokenizer, eval_prompts, reference="disable_adapter",
+rs_eval = evaluation.evaluate_policy(rs.model, tokenizer, eval_prompts, reference="self",
                                      baseline=sft_eval, **EVAL)
-grpo_eval = evaluation.evaluate_policy(grpo_run.model, tokenizer, eval_prompts, reference="disable_adapter",
+grpo_eval = evaluation.evaluate_policy(grpo_run.model, tokenizer, eval_prompts, reference="self",
                                        baseline=sft_eval, **EVAL)
 
 # best-of-4 as a policy: the 16 samples of each prompt are 4 independent groups of 4
