@@ -103,6 +103,13 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    from rlhf_course.gpu_check import check
+
+    check(args.out, standin=args.standin, steps=args.steps, workdir=args.workdir)
+    return 0
+
+
 def cmd_build_standin(args: argparse.Namespace) -> int:
     from rlhf_course.standin import build_standin
 
@@ -213,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "rehearsal sizes, with the stand-in --model DIR (built by `build-standin`)")
     p.add_argument("--model", metavar="DIR", help="with --rehearsal: the stand-in folder")
     p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("gpu-check", help="the 7b profile's stages on this CUDA GPU with a random-weight Mistral-7B, "
+                                         "capped to a T4's 15 GB in fp16: peak memory and speed per stage")
+    p.add_argument("--out", help="also write the rows as JSON here")
+    p.add_argument("--steps", type=int, default=3, help="steps per stage")
+    p.add_argument("--standin", action="store_true", help="run on the CPU with the stand-in (no memory figures)")
+    p.add_argument("--workdir", help="where the random model and adapters go (default: a temporary folder)")
+    p.set_defaults(func=cmd_gpu_check)
 
     p = sub.add_parser("build-standin", help="a stand-in of the 7B (Mistral's architecture shrunk, random weights, "
                                              "the real Mistral tokenizer) for rehearsals on a CPU")

@@ -345,9 +345,11 @@ def plan(model: str | Architecture = "mistral-7b", method: str = "dpo", gpu: str
     if method == "ppo":
         add("value head + grads + AdamW", trained_bytes(H + 1))
         add("reward model: 2nd LoRA adapter + score head", FP32 * (n_lora + H), "frozen, on the same 4-bit base")
+    if method in ("ppo", "dpo"):  # training continues the SFT adapter; its frozen copy is pi_ref (loading.reference_policy)
+        add("reference: frozen copy of the SFT adapter", FP32 * n_lora, "the SFT model is an adapter on a 4-bit base")
 
     # the training step
-    autocast = None if method == "ppo" else c  # our PPO runs without autocast: fp32 outside the 4-bit matmuls
+    autocast = c  # fp16 or bf16 autocast in every trainer, ours (PPO: accelerate's mixed precision) and TRL's
     step = {
         "activations: checkpoints (each layer's input)": checkpoint_bytes(arch, tokens),
         "activations: one layer recomputed": layer_saved_bytes(arch, sequences, T, autocast_bytes=autocast,

@@ -87,6 +87,7 @@ class PPOConfig:
     missing_eos_penalty: float = 1.0  # subtracted from the score of an answer that never ended
     # run
     steps: int = 100                  # PPO iterations
+    mixed_precision: str = "no"       # "fp16" (a T4) or "bf16": autocast on a GPU, as the profile computes
     seed: int = 0
 
     def __post_init__(self):
@@ -98,9 +99,11 @@ class PPOConfig:
         """The profile's numbers (batch, answer length, steps, temperature, its recipe's learning rate and
         kl_coef), then `changes` on top."""
         num_minibatches = changes.get("num_minibatches", cls.num_minibatches)
+        on_gpu = profile.device == "cuda"
+        precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(profile.compute_dtype, "no") if on_gpu else "no"
         defaults = dict(batch_size=profile.batch_size, max_new_tokens=profile.max_new_tokens, steps=profile.ppo_steps,
                         temperature=profile.temperature, learning_rate=profile.recipe.ppo_learning_rate,
-                        kl_coef=profile.recipe.ppo_kl_coef,
+                        kl_coef=profile.recipe.ppo_kl_coef, mixed_precision=precision,
                         # a batch smaller than the default number of minibatches (a 7B's batch of 4) is one minibatch
                         num_minibatches=min(num_minibatches, profile.batch_size))
         return cls(**{**defaults, **changes})
@@ -221,7 +224,8 @@ class PolicyWithValueHead(nn.Module):
         hidden = base.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         hidden = hidden[:, from_position:]                  # (B, T', H)
         logits = base.lm_head(hidden)                       # (B, T', V)
-        values = self.value_head(hidden.float()).squeeze(-1)  # (B, T')
+        with torch.autocast(hidden.device.type, enabled=False):  # the value head computes in fp32 (fp16 on a T4)
+            values = self.value_head(hidden.float()).squeeze(-1)  # (B, T')
         return logits, values
 
 
@@ -276,8 +280,11 @@ class PPOTrainer:
                  monitor_fn: RewardFn | None = None, accelerator: Accelerator | None = None):
         self.cfg, self.tokenizer, self.reward_fn, self.monitor_fn = config, tokenizer, reward_fn, monitor_fn
         self.prompts = list(prompts)
-        # cpu=True without a GPU: `accelerate launch --multi_gpu --num_processes 2` then runs on CPU processes (gloo)
-        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        # cpu=True without a GPU: `accelerate launch --multi_gpu --num_processes 2` then runs on CPU processes (gloo).
+        # On a GPU, mixed precision as the profile computes: fp16 (a T4) scales the loss; the trained weights
+        # (LoRA, value head) stay fp32 and log-probs are taken in fp32.
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
+                                                      mixed_precision=config.mixed_precision)
         torch.manual_seed(config.seed + self.accelerator.process_index)
         self.rng = random.Random(config.seed + self.accelerator.process_index)  # each process its own prompts
         self.model = PolicyWithValueHead(policy).to(self.accelerator.device)

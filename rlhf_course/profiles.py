@@ -167,7 +167,7 @@ def _compute_dtype(hw: Hardware) -> tuple[torch.dtype, str]:
         return torch.bfloat16, "bf16 (native on this GPU)"
     # A T4 (Turing) has no native bf16. fp16 has a narrow range: keep the trained weights (LoRA, heads)
     # in fp32, compute log-probs and losses in fp32, and scale the loss (fp16 mixed precision).
-    return torch.float16, "fp16 (this GPU has no bf16 natively, e.g. a T4; trained weights stay fp32)"
+    return torch.float16, "fp16 (this GPU has no bf16 natively, e.g. a T4; LoRA weights stay fp32, and the heads)"
 
 
 def tiny_profile(hw: Hardware, reason: str) -> Profile:
