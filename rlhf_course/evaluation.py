@@ -136,6 +136,23 @@ def default_prompts(prompts: list | None) -> list:
     return toyworld.eval_prompts() if prompts is None else list(prompts)
 
 
+def prompts_for(profile, split: str = "eval", n: int | None = None, seed: int = 0) -> list:
+    """The prompts a profile trains on ("train") or is evaluated on ("eval"), as the trainers take them.
+    With a ground truth: the toy world's prompts (the eval ones held out of training). Without: the prompts
+    of the profile's preference set (`profile.preference_set`), the eval ones from its held-out split,
+    `profile.preference_pairs` / `profile.eval_samples` of them (offline: the course's hand-written set)."""
+    assert split in ("train", "eval"), f"split is 'train' or 'eval', not {split!r}"
+    if profile.has_ground_truth:
+        prompts = toyworld.train_prompts() if split == "train" else toyworld.eval_prompts()
+        return [p.text for p in prompts][:n]
+    from rlhf_course.preference_sets import KNOWN_SETS, load_preference_set
+
+    known = KNOWN_SETS.get(profile.preference_set)
+    hub_split = None if known is None else known.splits[0 if split == "train" else -1]
+    n = n or (profile.preference_pairs if split == "train" else profile.eval_samples)
+    return list(load_preference_set(profile.preference_set, split=hub_split, n=n, seed=seed)["prompt"])
+
+
 def sample_answers(model, tokenizer, prompts: list | None = None, *, n_per_prompt: int = 4,
                    max_new_tokens: int = 64, seed: int = 0, reference=None, batch_size: int = 64,
                    temperature: float = 1.0, progress: bool = False) -> list[Sample]:

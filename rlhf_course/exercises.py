@@ -249,11 +249,12 @@ def solution_notebook(master: Path, stored: nbformat.NotebookNode | None) -> tup
     return nb, False
 
 
-def execute_notebook(nb: nbformat.NotebookNode, folder: Path) -> float:
+def execute_notebook(nb: nbformat.NotebookNode, folder: Path, env: dict | None = None) -> float:
     """Run every cell in place as nbval runs the notebook; returns the seconds it took.
 
-    nbval's own kernel (this Python, `--nbval-current-env`), `folder` as the working directory, NBVAL_ENV;
-    the setup cell sets torch to one thread. A cell that raises stops the run (nothing is written)."""
+    nbval's own kernel (this Python, `--nbval-current-env`), `folder` as the working directory, NBVAL_ENV
+    (then `env`: e.g. the 7b profile's rehearsal on a stand-in); the setup cell sets torch to one thread.
+    A cell that raises stops the run (nothing is written)."""
     try:
         from jupyter_client.manager import AsyncKernelManager
         from nbclient import NotebookClient
@@ -263,7 +264,7 @@ def execute_notebook(nb: nbformat.NotebookNode, folder: Path) -> float:
     km = AsyncKernelManager(kernel_name=CURRENT_ENV_KERNEL_NAME, kernel_spec_manager=NbvalKernelspecManager())
     client = NotebookClient(nb, km=km, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(folder)}})
     t0 = time.perf_counter()
-    client.execute(env={**os.environ, **NBVAL_ENV}, stderr=subprocess.DEVNULL)  # as nbval: kernel stderr dropped
+    client.execute(env={**os.environ, **NBVAL_ENV, **(env or {})}, stderr=subprocess.DEVNULL)  # as nbval: kernel stderr dropped
     return time.perf_counter() - t0
 
 

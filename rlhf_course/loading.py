@@ -319,6 +319,7 @@ def add_reference_adapter(model) -> None:
     """Keep a frozen copy of the adapter training continues (e.g. the SFT adapter) as "ref", the reference
     policy (what TRL's DPOTrainer and GRPOTrainer do when given a model that already has an adapter)."""
     model.add_adapter(REFERENCE_ADAPTER, model.peft_config["default"])
+    model.train(model.training)  # the new adapter's modules (its dropout) take the model's mode
     for name, param in model.named_parameters():
         if f".{REFERENCE_ADAPTER}." in name:
             param.data.copy_(model.get_parameter(name.replace(f".{REFERENCE_ADAPTER}.", ".default.")).data)
