@@ -10,7 +10,9 @@ that message, and three places show it without a traceback:
     errors.install_notebook_handler()           # a notebook: the message instead of a traceback
     with errors.friendly_errors(): main()       # a script: the message, then exit code 2
 
-Anything else is a bug and keeps its full traceback.
+Every such exception derives from `CourseError` (the one root; each keeps a second base such as
+ValueError where callers already catch that), so one handler knows them all. Anything else is a
+bug and keeps its full traceback.
 """
 
 from __future__ import annotations
@@ -54,11 +56,15 @@ def redact(text: str) -> str:
 
 def expected_errors() -> tuple[type[BaseException], ...]:
     """The exception types that mean "expected failure": shown as a message, never as a traceback."""
-    from rlhf_course.loading import ModelLoadError
-    from rlhf_course.preferences import PreferenceDataError
-    from rlhf_course.profiles import ProfileError
+    return (CourseError, torch.cuda.OutOfMemoryError, *_not_yet_rooted())
 
-    return (CourseError, ProfileError, ModelLoadError, PreferenceDataError, torch.cuda.OutOfMemoryError)
+
+def _not_yet_rooted() -> tuple[type[BaseException], ...]:
+    """Course exceptions defined in a module that does not derive them from CourseError yet
+    (loading.ModelLoadError); empty once it does. Imported lazily: loading imports transformers."""
+    from rlhf_course.loading import ModelLoadError
+
+    return () if issubclass(ModelLoadError, CourseError) else (ModelLoadError,)
 
 
 def explain(err: BaseException) -> str | None:

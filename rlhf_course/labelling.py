@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from rlhf_course import toyworld
+from rlhf_course.errors import CourseError
 from rlhf_course.preferences import Problem
 
 DECISIONS = ("a", "b", "tie", "skip")  # what a labeller can answer; ties and skips teach no preference
@@ -124,7 +125,7 @@ class Label:
         return {"type": "label", **{name: getattr(self, name) for name in FIELDS}}
 
 
-class LabelFileError(ValueError):
+class LabelFileError(CourseError, ValueError):
     """A label file with problems; `.problems` lists every one of them (FILE:LINE: field: problem)."""
 
     def __init__(self, problems: list[Problem]):

@@ -23,6 +23,8 @@ from typing import Iterable
 
 import datasets
 
+from rlhf_course.errors import CourseError
+
 FIELDS = ("prompt", "chosen", "rejected")
 ROLES = ("system", "user", "assistant", "tool")
 MAX_LINES_IN_ERROR = 50
@@ -55,7 +57,7 @@ class ValidationReport:
         return not self.problems
 
 
-class PreferenceDataError(ValueError):
+class PreferenceDataError(CourseError, ValueError):
     """Raised by load/save when the data has problems; ``.problems`` lists every one of them."""
 
     def __init__(self, problems: list[Problem]):

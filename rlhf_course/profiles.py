@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhf_course.errors import CourseError
 from rlhf_course.paths import data_path
 
 PROFILE_ENV = "RLHF_COURSE_PROFILE"
@@ -25,7 +26,7 @@ MODEL_7B = "HuggingFaceH4/zephyr-7b-beta"  # a Mistral-7B chat fine-tune; ungate
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class ProfileError(ValueError):
+class ProfileError(CourseError, ValueError):
     """A profile that cannot run here (e.g. `7b` without a GPU); the message says what to do."""
 
 
