@@ -139,8 +139,11 @@ def profile_7b(hw: Hardware, reason: str) -> Profile:
 PROFILES = {"tiny": tiny_profile, "7b": profile_7b}
 
 
-def pick_profile(name: str | None = None, hardware: Hardware | None = None) -> Profile:
-    """The profile to run: `name` if given, else $RLHF_COURSE_PROFILE, else chosen from the hardware."""
+def pick_profile(name: str | None = None, hardware: Hardware | None = None, *,
+                 tiny_advice: str = "pass profile='tiny'") -> Profile:
+    """The profile to run: `name` if given, else $RLHF_COURSE_PROFILE, else chosen from the hardware.
+    `tiny_advice` is how the caller's user picks the tiny profile, for the error when `name` cannot run
+    here (the command line passes "pass --profile tiny")."""
     hw = hardware or detect_hardware()
     requested = name or os.environ.get(PROFILE_ENV) or None
     if requested is not None:
@@ -149,9 +152,10 @@ def pick_profile(name: str | None = None, hardware: Hardware | None = None) -> P
             raise ProfileError(f"unknown profile {requested!r}: choose one of {', '.join(PROFILES)}")
         source = "asked for by argument" if name else f"asked for by ${PROFILE_ENV}"
         if requested == "7b" and hw.device != "cuda":
+            advice = tiny_advice if name else f"unset {PROFILE_ENV} (or set it to tiny)"
             raise ProfileError(
                 f"the 7b profile needs a CUDA GPU with at least {MIN_GPU_GIB_FOR_7B:.0f} GiB, and this machine has "
-                f"none ({source}). Use the tiny profile: pass profile='tiny' or unset {PROFILE_ENV}. "
+                f"none ({source}). Use the tiny profile: {advice}. "
                 "In Colab: Runtime > Change runtime type > T4 GPU."
             )
         reason = f"{requested}: {source}; {hw.describe()}"

@@ -217,4 +217,7 @@ def test_a_run_killed_and_resumed_ends_exactly_like_an_uninterrupted_one(tiny, t
         assert resumed.history[-1][key] == pytest.approx(full.history[-1][key], abs=1e-6), key
     a, b = lora_state(full.model), lora_state(resumed.model)
     assert all(torch.allclose(a[n], b[n], atol=1e-7) for n in a)
-    assert not (tmp_path / "ckpt.tmp").exists() and (tmp_path / "ckpt" / "adapter" / "adapter_model.safetensors").exists()
+    folders = sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.is_dir())
+    assert folders == ["step-000002", "step-000004"], folders  # the committed checkpoint and the one before it
+    assert (tmp_path / "ckpt" / "step-000004" / "adapter" / "adapter_model.safetensors").exists()
+    assert not [p for p in (tmp_path / "ckpt").rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".tmp")]
