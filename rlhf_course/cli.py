@@ -106,10 +106,15 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_labels_merge(args: argparse.Namespace) -> int:
-    from rlhf_course.labelling import merge_labels
+    from rlhf_course.errors import UsageError
+    from rlhf_course.labelling import merge_labels, merge_output_problem
     from rlhf_course.preferences import save_preferences
 
+    if problem := merge_output_problem(args.out, args.inputs):
+        raise UsageError(problem)
     result = merge_labels(args.inputs)
+    for warning in result.warnings:
+        print(f"warning: {warning}")
     for path, problems in result.skipped.items():
         for problem in problems:
             print(problem)

@@ -34,6 +34,10 @@ class RunError(CourseError):
     """A training run cannot start as asked (e.g. its folder holds another run)."""
 
 
+class UsageError(CourseError, ValueError):
+    """An argument that cannot work as given (e.g. an output file that would overwrite an input)."""
+
+
 class PlanError(CourseError, ValueError):
     """A memory plan was asked for a model, method or GPU it does not know."""
 
