@@ -39,7 +39,7 @@ from typing import Callable, Iterable
 
 from rlhf_course import toyworld
 from rlhf_course.errors import CourseError
-from rlhf_course.preferences import Problem
+from rlhf_course.preferences import Problem, check_values, parse_jsonl_line
 
 DECISIONS = ("a", "b", "tie", "skip")  # what a labeller can answer; ties and skips teach no preference
 MUCH_BETTER_MARGIN = 1.0  # the `margin` of a "much better" label (Llama 2's margin loss, Eq. 2 of arXiv:2307.09288)
@@ -278,15 +278,15 @@ def read_labels(path: str | Path) -> LabelLog:
             continue
         torn = line == len(raw_lines) and not data.endswith(b"\n")  # a crash cut the last write short
         try:
-            record = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            if torn:
-                log.warnings.append(f"{path}:{line}: left out an unfinished last line (a write cut short by a "
-                                    f"crash): {raw[:60]!r}")
-            elif isinstance(err, UnicodeDecodeError):
-                problem("encoding", "not valid UTF-8")
-            else:
-                problem("json", f"invalid JSON: {err.msg} (column {err.colno})")
+            record, bad = parse_jsonl_line(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            record, bad = None, ("encoding", "not valid UTF-8")
+        if bad and torn:
+            log.warnings.append(f"{path}:{line}: left out an unfinished last line (a write cut short by a crash): "
+                                f"{raw[:60]!r}")
+            continue
+        if bad:
+            problem(*bad)
             continue
         if not isinstance(record, dict):
             problem("record", f"must be a JSON object {{...}}, got {_type_name(record)}")
@@ -305,6 +305,7 @@ def read_labels(path: str | Path) -> LabelLog:
         elif kind == "label":
             before = len(log.problems)
             _check_label(record, problem)
+            check_values(record, "", problem)  # NUL bytes, lone surrogates, numbers no column holds, nesting
             if len(log.problems) > before:
                 continue
             label = Label(**{name: record[name] for name in FIELDS})

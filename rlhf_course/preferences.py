@@ -128,7 +128,7 @@ MAX_DEPTH = 20          # nesting deeper than this is not preference data (and t
 MAX_INT = 2**63 - 1     # a whole number must fit a dataset column (int64)
 
 
-class _TooLong:
+class TooLongNumber:
     """A whole number read from a file that no column can hold; reported where it stands."""
 
     def __init__(self, digits: str):
@@ -142,9 +142,9 @@ def _parse_int(digits: str):
     # Python refuses to read integers of more than 4300 digits (a ValueError, not a JSON error):
     # look at the length first, so a 5,000-digit margin is a problem of its line, not a traceback.
     if len(digits) > 20:
-        return _TooLong(digits)
+        return TooLongNumber(digits)
     value = int(digits)
-    return value if -MAX_INT - 1 <= value <= MAX_INT else _TooLong(digits)
+    return value if -MAX_INT - 1 <= value <= MAX_INT else TooLongNumber(digits)
 
 
 class _DuplicateKey(ValueError):
@@ -163,8 +163,8 @@ def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
     return out
 
 
-def _parse_line(text: str):
-    """One JSONL line -> (value, None) or (None, (field, problem))."""
+def parse_jsonl_line(text: str):
+    """One JSONL line -> (value, None) or (None, (field, problem)); never raises (label files use it too)."""
     try:
         return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_int=_parse_int), None
     except json.JSONDecodeError as e:
@@ -186,7 +186,7 @@ def _invisible(text: str) -> bool:
     return all(c.isspace() or unicodedata.category(c) in ("Cf", "Cc") for c in text)
 
 
-def _check_values(value, where: str, problem, depth: int = 0) -> None:
+def check_values(value, where: str, problem, depth: int = 0) -> None:
     """What any value of a record must not hold, wherever it is: NUL bytes, lone surrogates (not
     Unicode: they cannot be written as UTF-8), numbers no column can hold, absurd nesting."""
     if depth > MAX_DEPTH:
@@ -198,14 +198,14 @@ def _check_values(value, where: str, problem, depth: int = 0) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError as e:
             problem(where, f"contains a lone surrogate ({value[e.start]!r}): not valid Unicode")
-    elif isinstance(value, _TooLong):
+    elif isinstance(value, TooLongNumber):
         problem(where, f"a whole number of {value.n} digits: too large for a column (at most 19 digits)")
     elif isinstance(value, dict):
         for key, item in value.items():
-            _check_values(item, f"{where}.{key}" if where else str(key), problem, depth + 1)
+            check_values(item, f"{where}.{key}" if where else str(key), problem, depth + 1)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            _check_values(item, f"{where}[{i}]", problem, depth + 1)
+            check_values(item, f"{where}[{i}]", problem, depth + 1)
 
 
 def _check_text(value, where: str, problem) -> None:
@@ -297,12 +297,12 @@ def _check_record(record: dict, problem) -> str:
 
     # A null margin counts as absent: datasets fills a column missing from some rows with None.
     margin = record.get("margin")
-    if margin is not None and not isinstance(margin, _TooLong):
+    if margin is not None and not isinstance(margin, TooLongNumber):
         if isinstance(margin, bool) or not isinstance(margin, (int, float)):
             problem("margin", f"must be a number, got {_type_name(margin)}")
         elif not math.isfinite(margin):
             problem("margin", f"must be a finite number, got {margin}")
-    _check_values(record, "", problem)
+    check_values(record, "", problem)
     return fmt
 
 
@@ -387,7 +387,7 @@ def _read_jsonl(path: str) -> tuple[list[tuple[int, object]], list[Problem]]:
             continue
         if not text.strip():
             continue
-        value, problem = _parse_line(text)
+        value, problem = parse_jsonl_line(text)
         if problem is None:
             numbered.append((line, value))
         else:
@@ -405,7 +405,7 @@ def _validate_path(path, check: bool = True) -> tuple[ValidationReport, list[dic
     else:  # still refuse what cannot become dataset rows: non-objects, values no column can hold
         found = [Problem(path, n, "record", "must be a JSON object") for n, r in numbered if not isinstance(r, dict)]
         for n, r in numbered:
-            _check_values(r, "", lambda f, m, n=n: found.append(Problem(path, n, f, m)))
+            check_values(r, "", lambda f, m, n=n: found.append(Problem(path, n, f, m)))
         fmt = next((detect_format(r) for _, r in numbered if isinstance(r, dict)), None)
     problems = sorted(problems + found, key=lambda p: p.line)
     records = [r for _, r in numbered if isinstance(r, dict)]

@@ -61,6 +61,19 @@ def test_a_torn_line_is_repaired_before_the_next_append(tmp_path):
     assert path.read_bytes().endswith(b"\n") and len(path.read_text().splitlines()) == 2
 
 
+def test_a_label_file_with_absurd_lines_is_skipped_with_file_and_line_not_a_traceback(tmp_path):
+    pairs = toy_pairs(2)
+    write_labels(tmp_path / "ana.jsonl", "ana", pairs, ["a", "b"])
+    with open(tmp_path / "ana.jsonl", "a") as f:
+        f.write('{"type": "label", "time": ' + "9" * 5000 + "}\n" + "[" * 100_000 + "]" * 100_000 + "\n"
+                + '{"type": "undo", "type": "label"}\n')
+    result = merge_labels([tmp_path])
+    found = {(p.line, p.field): p.message for p in result.skipped[str(tmp_path / "ana.jsonl")]}
+    assert found[(3, "time")] == "a whole number of 5000 digits: too large for a column (at most 19 digits)"
+    assert found[(4, "json")] == "nested too deeply to read"
+    assert found[(5, "type")].startswith("duplicate key in one JSON object")
+
+
 # --- a full disk ----------------------------------------------------------------------------------
 
 def test_a_full_disk_loses_no_saved_label_and_leaves_no_partial_line(tmp_path, monkeypatch):
