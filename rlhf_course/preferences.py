@@ -422,7 +422,8 @@ def _to_dataset(records: list[dict], source: str) -> tuple[datasets.Dataset | No
         return None, [Problem(source, 0, "file", msg)]
 
 
-def _check_files(paths: list, validate: bool = True) -> tuple[list[Problem], datasets.Dataset | None, list[ValidationReport]]:
+def _check_files(paths: list, validate: bool = True
+                 ) -> tuple[list[Problem], datasets.Dataset | None, list[ValidationReport]]:
     """Read, check and combine files: every problem of every file, and the dataset when there is none."""
     problems: list[Problem] = []
     records: list[dict] = []
