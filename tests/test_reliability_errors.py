@@ -15,12 +15,14 @@ from rlhf_course.preferences import Problem
 
 
 def course_exception_classes() -> list[type]:
-    """Every exception class defined in the package, found by importing each of its modules."""
+    """Every public exception class defined in the package, found by importing each of its modules.
+    (A private one, like preferences._DuplicateKey, is a signal caught where it is raised.)"""
     found = {}
     for info in pkgutil.walk_packages(rlhf_course.__path__, "rlhf_course."):
         module = importlib.import_module(info.name)
         for _, obj in inspect.getmembers(module, inspect.isclass):
-            if issubclass(obj, BaseException) and obj.__module__.startswith("rlhf_course"):
+            if issubclass(obj, BaseException) and obj.__module__.startswith("rlhf_course") \
+                    and not obj.__name__.startswith("_"):
                 found[f"{obj.__module__}.{obj.__qualname__}"] = obj
     return [found[k] for k in sorted(found)]
 
