@@ -7,21 +7,31 @@ import json
 import sys
 import time
 
+TINY_ADVICE = "pass --profile tiny"  # how a user of the command line picks the tiny profile
+
+
+def _profile(name: str | None):
+    from rlhf_course.profiles import pick_profile
+
+    return pick_profile(name, tiny_advice=TINY_ADVICE)
+
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from rlhf_course.doctor import report
+    from rlhf_course.doctor import diagnose
 
-    print(report(args.profile))
-    return 0
+    text, problems = diagnose(args.profile, tiny_advice=TINY_ADVICE)
+    print(text)
+    for problem in problems:
+        print(f"rlhf-course doctor: error: {problem}", file=sys.stderr)
+    return 2 if problems else 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from rlhf_course import toyworld
     from rlhf_course.loading import load_policy, load_tokenizer
-    from rlhf_course.profiles import pick_profile
     from rlhf_course.sampling import generate
 
-    profile = pick_profile(args.profile)
+    profile = _profile(args.profile)
     tokenizer = load_tokenizer(profile)
     model = load_policy(profile, lora=False)
     prompts = args.prompt or [p.text for p in toyworld.eval_prompts()[: args.n]]
@@ -63,9 +73,8 @@ def cmd_build_tiny(args: argparse.Namespace) -> int:
 
 def cmd_build_checkpoints(args: argparse.Namespace) -> int:
     from rlhf_course.checkpoints import build_checkpoints
-    from rlhf_course.profiles import pick_profile
 
-    for name, path in build_checkpoints(pick_profile(args.profile)).items():
+    for name, path in build_checkpoints(_profile(args.profile)).items():
         print(f"{name}: {path}")
     return 0
 
@@ -98,7 +107,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                        "(`rlhf-course build-standin --out DIR`); the 7b profile's own model comes from the Hub")
     if args.rehearsal and args.profile not in (None, "7b"):
         raise RunError("a rehearsal runs the 7b profile's code: use --profile 7b (or leave --profile out)")
-    profile = rehearsal_profile(args.model) if args.rehearsal else args.profile
+    profile = rehearsal_profile(args.model) if args.rehearsal else _profile(args.profile)
     run_pipeline(args.out, profile, seed=args.seed)
     return 0
 
@@ -120,10 +129,15 @@ def cmd_build_standin(args: argparse.Namespace) -> int:
 
 
 def cmd_labels_merge(args: argparse.Namespace) -> int:
-    from rlhf_course.labelling import merge_labels
+    from rlhf_course.errors import UsageError
+    from rlhf_course.labelling import merge_labels, merge_output_problem
     from rlhf_course.preferences import save_preferences
 
+    if problem := merge_output_problem(args.out, args.inputs):
+        raise UsageError(problem)
     result = merge_labels(args.inputs)
+    for warning in result.warnings:
+        print(f"warning: {warning}")
     for path, problems in result.skipped.items():
         for problem in problems:
             print(problem)
@@ -141,8 +155,8 @@ def cmd_labels_merge(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from rlhf_course.runs import run_stage
 
-    metrics = run_stage(args.stage, args.out, profile=args.profile, max_steps=args.max_steps, resume=args.resume,
-                        sft=args.sft, rm=args.rm, save_every=args.save_every, seed=args.seed)
+    metrics = run_stage(args.stage, args.out, profile=_profile(args.profile), max_steps=args.max_steps,
+                        resume=args.resume, sft=args.sft, rm=args.rm, save_every=args.save_every, seed=args.seed)
     print(json.dumps(metrics, indent=1))
     return 0
 
@@ -155,16 +169,27 @@ def cmd_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def at_least_1(text: str) -> int:
+    """argparse type: a whole number >= 1 (a run of 0 steps, or a checkpoint every 0 steps, means nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_train_and_memory(sub) -> None:
     p = sub.add_parser("train", help="one stage as a resumable job: DIR/checkpoints, DIR/model, DIR/metrics.json")
     p.add_argument("stage", choices=["sft", "rm", "ppo", "dpo"])
     p.add_argument("--out", required=True, help="the run's folder (in Colab: a Drive folder, to survive the session)")
-    p.add_argument("--max-steps", type=int, help="steps of the whole run (PPO: iterations); default: the profile's")
+    p.add_argument("--max-steps", type=at_least_1, help="steps of the whole run (PPO: iterations); default: the profile's")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--profile", choices=["tiny", "7b"])
     p.add_argument("--sft", help="the SFT model to start from (the --out folder of `train sft`); default: the base model")
     p.add_argument("--rm", help="ppo: the reward model (the --out folder of `train rm`); tiny default: the ground truth")
-    p.add_argument("--save-every", type=int, help="steps between checkpoints (default: a tenth of the run; PPO: 10)")
+    p.add_argument("--save-every", type=at_least_1, help="steps between checkpoints (default: a tenth of the run; PPO: 10)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
 

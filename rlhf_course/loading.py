@@ -20,12 +20,13 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                           BitsAndBytesConfig)
 
+from rlhf_course.errors import CourseError
 from rlhf_course.profiles import TINY_MODEL, Profile
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(CourseError, RuntimeError):
     """A model or tokenizer could not be loaded; the message says why and what to do instead."""
 
 

@@ -39,10 +39,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from accelerate import Accelerator
 from peft import LoraConfig, set_peft_model_state_dict
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from rlhf_course import toyworld
+from rlhf_course import checkpoint_io, toyworld
+from rlhf_course.errors import RunError
 from rlhf_course.loading import (active_adapter, add_reference_adapter, is_adapter, load_policy, load_tokenizer,
                                  reference_policy)
 from rlhf_course.profiles import TINY_RECIPE
@@ -434,51 +436,76 @@ class PPOTrainer:
     # --- checkpoints: everything needed to continue exactly where we stopped -----------------------
 
     def save_checkpoint(self, directory: str | Path) -> Path:
-        """Adapter (safetensors), value head, optimiser, RNG states, step, KL coefficient, reward
-        normalisation and history. Written to a temporary folder, then renamed: a kill mid-save
-        leaves the previous checkpoint intact."""
-        final = Path(directory)
-        tmp = final.with_name(final.name + ".tmp")
+        """Adapter, value head, optimiser and RNG states, step, KL coefficient, reward normalisation and
+        history: safetensors and JSON, no pickle. Each save goes to its own step folder and is committed
+        once complete, so a kill at any moment leaves the previous checkpoint intact (see checkpoint_io.py).
+        A directory holding a checkpoint that this trainer did not load is refused, never overwritten."""
+        directory = Path(directory)
         self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            self.policy.save_pretrained(tmp / "adapter", selected_adapters=["default"])
-            head = self.accelerator.unwrap_model(self.model).value_head
-            save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(tmp / "value_head.safetensors"))
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            state = {"step": self.step_count, "kl_coef": self.kl_ctl.value, "reward_shift": self.reward_shift,
-                     "reward_scale": self.reward_scale, "config": asdict(self.cfg), "history": self.history}
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        owned = getattr(self, "_checkpoint_dir", None) == directory.resolve()
+        if not owned and (directory / checkpoint_io.STATE).exists():
+            raise RunError(f"{directory} holds the checkpoint of another run: pass resume=True (--resume) to "
+                           "continue it, or choose another checkpoint folder")
+        folder = checkpoint_io.folder_for(directory, self.step_count)  # the same name on every process
         self.accelerator.wait_for_everyone()
-        # every process keeps its own random streams (it samples its own prompts)
-        rank = self.accelerator.process_index
-        rng = {"python": self.rng.getstate(), "torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-        torch.save(rng, tmp / f"rng_state_{rank}.pt")
+        try:
+            if self.accelerator.is_main_process:
+                checkpoint_io.make_empty(folder)
+                self.policy.save_pretrained(folder / "adapter", selected_adapters=["default"])
+                head = self.accelerator.unwrap_model(self.model).value_head
+                save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
+                          str(folder / "value_head.safetensors"))
+                checkpoint_io.save_optimizer(self.optimizer.state_dict(), folder)
+            self.accelerator.wait_for_everyone()
+            # every process keeps its own random streams (it samples its own prompts)
+            checkpoint_io.save_rng(self.rng.getstate(), folder, self.accelerator.process_index)
+            self.accelerator.wait_for_everyone()
+            if self.accelerator.is_main_process:
+                state = {"step": self.step_count, "kl_coef": self.kl_ctl.value, "reward_shift": self.reward_shift,
+                         "reward_scale": self.reward_scale, "processes": self.accelerator.num_processes,
+                         "config": asdict(self.cfg), "history": self.history}
+                checkpoint_io.commit(directory, folder, state)
+        except OSError as err:
+            if self.accelerator.is_main_process:
+                shutil.rmtree(folder, ignore_errors=True)  # give the space back; the previous checkpoint stands
+            if checkpoint_io.is_disk_full(err):
+                need = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
+                raise RunError(f"no space left on the disk of {directory} while saving the checkpoint of step "
+                               f"{self.step_count} (a checkpoint takes about {need / 2**20:.0f} MiB: weights and "
+                               "two optimiser moments); the previous checkpoint is kept: free some space, then "
+                               "resume") from err
+            raise
         self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-        self.accelerator.wait_for_everyone()
-        return final
+        self._checkpoint_dir = directory.resolve()
+        return directory
 
     def load_checkpoint(self, directory: str | Path) -> None:
-        """Continue from a checkpoint written by `save_checkpoint` (same config, same base model)."""
-        directory = Path(directory)
-        weights = load_file(str(directory / "adapter" / "adapter_model.safetensors"))
-        set_peft_model_state_dict(self.policy, weights, adapter_name="default")
-        head = self.accelerator.unwrap_model(self.model).value_head
-        head.load_state_dict(load_file(str(directory / "value_head.safetensors"), device=str(head.weight.device)))
-        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
-        state = json.loads((directory / "trainer_state.json").read_text())
+        """Continue from the newest intact checkpoint in `directory` (same config, same base model).
+        A damaged newest checkpoint falls back to the previous one and says so; a folder with nothing
+        intact, or with pickled states (which could run code), is refused with RunError."""
+        found = checkpoint_io.find(directory)
+        if found is None:
+            raise RunError(f"{directory}: no checkpoint to resume from")
+        if found.note and self.accelerator.is_main_process:
+            print(found.note)
+        state, folder = found.state, found.folder
+        if state.get("processes", 1) != self.accelerator.num_processes:
+            raise RunError(f"{folder} was saved by {state.get('processes', 1)} processes, this run has "
+                           f"{self.accelerator.num_processes}: resume with the same number")
+        try:
+            weights = load_file(str(folder / "adapter" / "adapter_model.safetensors"))
+            set_peft_model_state_dict(self.policy, weights, adapter_name="default")
+            head = self.accelerator.unwrap_model(self.model).value_head
+            head.load_state_dict(load_file(str(folder / "value_head.safetensors"), device=str(head.weight.device)))
+            self.optimizer.load_state_dict(checkpoint_io.load_optimizer(folder))
+            python_rng = checkpoint_io.load_rng(folder, self.accelerator.process_index)
+        except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as err:
+            raise RunError(f"{folder}: cannot load this checkpoint ({type(err).__name__}: {str(err)[:200]}); "
+                           "(was it saved with other settings?) start the run again without resume, in another folder") from err
         self.step_count, self.kl_ctl.value = state["step"], state["kl_coef"]
         self.reward_shift, self.reward_scale, self.history = state["reward_shift"], state["reward_scale"], state["history"]
-        rng = torch.load(directory / f"rng_state_{self.accelerator.process_index}.pt", weights_only=False)
-        self.rng.setstate(_as_tuple(rng["python"]))
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"]:
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.rng.setstate(_as_tuple(python_rng))
+        self._checkpoint_dir = Path(directory).resolve()
 
 
 def _as_tuple(x):
@@ -497,6 +524,9 @@ def train_ppo(profile, *, model_id: str | None = None, reward_model_dir: str | P
     `reward_model_dir` (trained on the same base), or `reward_fn`, or the toy world's ground truth.
     With `checkpoint_dir` (e.g. a Drive folder in Colab) a checkpoint is kept there, and `resume`
     continues from it. The result's `.model` is the PEFT policy; `.history` one dict per iteration."""
+    if checkpoint_dir is not None and not resume and (Path(checkpoint_dir) / checkpoint_io.STATE).exists():
+        raise RunError(f"{checkpoint_dir} holds the checkpoint of another run: pass resume=True (--resume) to "
+                       "continue it, or choose another checkpoint folder")  # before any model loads
     cfg = config or PPOConfig.for_profile(profile, **config_changes)
     torch.manual_seed(cfg.seed)  # the LoRA adapter's initialisation is random too
     tokenizer = load_tokenizer(profile, model_id)
@@ -508,6 +538,6 @@ def train_ppo(profile, *, model_id: str | None = None, reward_model_dir: str | P
     reward_fn = reward_fn or toyworld.ground_truth_rewards
     prompts = prompts or [p.text for p in toyworld.train_prompts()]
     trainer = PPOTrainer(cfg, policy, tokenizer, reward_fn, prompts, monitor_fn=monitor_fn)
-    if resume and checkpoint_dir is not None and (Path(checkpoint_dir) / "trainer_state.json").exists():
+    if resume and checkpoint_dir is not None and (Path(checkpoint_dir) / checkpoint_io.STATE).exists():
         trainer.load_checkpoint(checkpoint_dir)
     return trainer.train(steps, progress, checkpoint_dir, save_every)

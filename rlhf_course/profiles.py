@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhf_course.errors import CourseError
 from rlhf_course.paths import data_path
 
 PROFILE_ENV = "RLHF_COURSE_PROFILE"
@@ -33,7 +34,7 @@ REHEARSAL_ENV = "RLHF_COURSE_REHEARSAL"  # a stand-in folder: run the 7b profile
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class ProfileError(ValueError):
+class ProfileError(CourseError, ValueError):
     """A profile that cannot run here (e.g. `7b` without a GPU); the message says what to do."""
 
 
@@ -218,8 +219,11 @@ def rehearsal_profile(standin_dir: str | os.PathLike, reason: str = "rehearsal")
 PROFILES = {"tiny": tiny_profile, "7b": profile_7b}
 
 
-def pick_profile(name: str | None = None, hardware: Hardware | None = None) -> Profile:
-    """The profile to run: `name` if given, else $RLHF_COURSE_PROFILE, else chosen from the hardware."""
+def pick_profile(name: str | None = None, hardware: Hardware | None = None, *,
+                 tiny_advice: str = "pass profile='tiny'") -> Profile:
+    """The profile to run: `name` if given, else $RLHF_COURSE_PROFILE, else chosen from the hardware.
+    `tiny_advice` is how the caller's user picks the tiny profile, for the error when `name` cannot run
+    here (the command line passes "pass --profile tiny")."""
     hw = hardware or detect_hardware()
     requested = name or os.environ.get(PROFILE_ENV) or None
     if requested is not None:
@@ -230,9 +234,10 @@ def pick_profile(name: str | None = None, hardware: Hardware | None = None) -> P
         if requested == "7b" and os.environ.get(REHEARSAL_ENV):
             return rehearsal_profile(os.environ[REHEARSAL_ENV], f"7b: {source}, ${REHEARSAL_ENV} set")
         if requested == "7b" and hw.device != "cuda":
+            advice = tiny_advice if name else f"unset {PROFILE_ENV} (or set it to tiny)"
             raise ProfileError(
                 f"the 7b profile needs a CUDA GPU with at least {MIN_GPU_GIB_FOR_7B:.0f} GiB, and this machine has "
-                f"none ({source}). Use the tiny profile: pass profile='tiny' or unset {PROFILE_ENV}. "
+                f"none ({source}). Use the tiny profile: {advice}. "
                 "In Colab: Runtime > Change runtime type > T4 GPU."
             )
         reason = f"{requested}: {source}; {hw.describe()}"

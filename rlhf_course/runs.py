@@ -8,22 +8,27 @@
 
 The folder (in Colab: a Google Drive folder, so it outlives the session) holds
     DIR/run.json          the settings of the run; a resume must use the same ones
-    DIR/checkpoints/      TRL's checkpoint-N/ folders (SFT, RM, DPO) or PPO's checkpoint: adapter
-                          (safetensors), value head, optimizer, scheduler, RNG states, step, log
+    DIR/checkpoints/      TRL's checkpoint-N/ folders (SFT, RM, DPO) or PPO's step-N/ folders and the
+                          trainer_state.json that commits one (checkpoint_io.py): adapter and value head
+                          (safetensors), optimizer and RNG states (safetensors + JSON), step, log
     DIR/model/            the result: a LoRA adapter folder (safetensors) + tokenizer; SFT on a
                           full-precision base: the merged model, which later stages start from
     DIR/metrics.json      written at the end: final loss / accuracy; for PPO the final mean `reward`
 A run killed mid-way and started again with --resume ends with the same metrics as an uninterrupted one.
+A folder that holds checkpoints or a model is never overwritten unless --resume asks to continue it;
+what cannot run (--out a file or read-only, a full disk, --max-steps 0) is one line, before training.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
+from rlhf_course import checkpoint_io
 from rlhf_course.errors import OutOfMemory, RunError, free_accelerator_memory, memory_advice
 from rlhf_course.loading import ModelLoadError, load_tokenizer
 from rlhf_course.profiles import Profile, pick_profile
@@ -38,18 +43,46 @@ def _settings(stage: str, profile: Profile, max_steps, sft, rm, seed: int) -> di
 
 
 def checkpoint_step(stage: str, checkpoint_dir: Path) -> int | None:
-    """The step of the last complete checkpoint, or None."""
+    """The step of the newest intact checkpoint, or None. Raises RunError when a PPO checkpoint folder
+    has nothing intact or holds pickled states."""
     if stage == "ppo":
-        state = checkpoint_dir / "trainer_state.json"
-        return json.loads(state.read_text())["step"] if state.is_file() else None
+        found = checkpoint_io.find(checkpoint_dir)
+        return found.step if found else None
     last = last_checkpoint(checkpoint_dir)
     return checkpoint_step_of(last) if last else None
 
 
+def _check_writable(out: Path) -> None:
+    """--out must be a folder (or not exist yet) under folders; a file anywhere on the way is one line."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file, not a folder: choose a folder (it is created if missing)")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunError(f"--out {out}: {parent} is a file, not a folder: choose another --out")
+            break
+
+
+def _holds_work(out: Path) -> str | None:
+    """What in `out` a new run would overwrite: checkpoints, a model or metrics (None: nothing)."""
+    checkpoints = out / "checkpoints"
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        return f"checkpoints ({checkpoints})"
+    if (out / "model").exists():
+        return f"a model ({out / 'model'})"
+    if (out / "metrics.json").exists():
+        return "the metrics of a finished run"
+    return None
+
+
 def _check_folder(out: Path, stage: str, settings: dict, resume: bool) -> int | None:
     """Refuse to mix two runs in one folder; returns the step a resume continues from (or None)."""
-    step = checkpoint_step(stage, out / "checkpoints")
+    _check_writable(out)
     run_file = out / "run.json"
+    if not run_file.is_file() and not resume and (work := _holds_work(out)):
+        raise RunError(f"{out} holds {work} but no run.json: add --resume to continue that run with the same "
+                       "settings, or choose another --out (nothing is overwritten)")
+    step = checkpoint_step(stage, out / "checkpoints")
     if run_file.is_file():
         before = json.loads(run_file.read_text())
         if not resume:
@@ -92,6 +125,51 @@ def _base_model(sft: str | None, stage: str, progress: bool) -> str | None:
     return sft
 
 
+def disk_needed(stage: str, profile: Profile, model_id: str | None) -> int | None:
+    """About how many bytes a run writes: two checkpoints (the LoRA adapter and AdamW's two moments,
+    fp32) and its result (the merged model for SFT on a full-precision base, else the adapter).
+    None when the model's size is not known (memory.py knows the course's models and local folders)."""
+    from rlhf_course.memory import PlanError, architecture, lora_parameter_count, parameter_count
+
+    try:
+        arch = architecture(model_id or profile.model_id)
+    except (PlanError, OSError, ValueError, KeyError):
+        return None
+    adapter = 4 * lora_parameter_count(arch, profile.lora_r, profile.lora_target_modules)
+    merged = stage == "sft" and not profile.load_in_4bit
+    return 2 * 3 * adapter + (4 * parameter_count(arch) if merged else adapter)
+
+
+def _free_bytes(out: Path) -> int:
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    return shutil.disk_usage(existing).free
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 10 * 2**20 else f"{n / 2**20:.1f} MiB"
+
+
+def _prepare_folder(out: Path, settings: dict, need: int | None, resume: bool) -> None:
+    """Create `out` and write run.json: the first write, so a folder that cannot be written to (or a
+    disk without room for the run) is one line before anything is trained."""
+    if need is not None and not resume and _free_bytes(out) < need:
+        raise RunError(f"{out}: not enough space on its disk ({_mib(_free_bytes(out))} free; this run writes about "
+                       f"{_mib(need)}: two checkpoints and the model). Free some space, or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.json").write_text(json.dumps(settings, indent=1))
+    except OSError as err:
+        if checkpoint_io.is_disk_full(err):
+            raise RunError(f"{out}: no space left on its disk: free some space, or choose another --out") from err
+        raise RunError(f"--out {out}: cannot write there ({err.strerror or err}): choose a folder you can write to") \
+            from err
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise RunError(f"--{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
+
+
 def _save(model, tokenizer, folder: Path, merge: bool) -> None:
     from rlhf_course.sft import save_merged
 
@@ -108,6 +186,8 @@ def run_stage(stage: str, out_dir: str | Path, *, profile: Profile | str | None 
     """Train one stage into `out_dir` (see the module's docstring); returns the metrics it wrote."""
     if stage not in STAGES:
         raise RunError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
+    _positive("max_steps", max_steps)
+    _positive("save_every", save_every)
     out = Path(out_dir)
     profile = profile if isinstance(profile, Profile) else pick_profile(profile)
     sft, rm = resolve_model(sft, "sft"), resolve_model(rm, "rm")
@@ -117,8 +197,8 @@ def run_stage(stage: str, out_dir: str | Path, *, profile: Profile | str | None 
         if progress:
             print(f"{out}: this run had finished; its metrics are in {out / 'metrics.json'}")
         return json.loads((out / "metrics.json").read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps(settings, indent=1))
+    need = disk_needed(stage, profile, sft)
+    _prepare_folder(out, settings, need, resume)
     checkpoints = out / "checkpoints"
     if stage in ("rm", "ppo", "dpo"):
         base = _base_model(sft, stage, progress)
@@ -126,15 +206,25 @@ def run_stage(stage: str, out_dir: str | Path, *, profile: Profile | str | None 
         raise RunError("ppo needs a reward model: pass --rm DIR (the --out folder of `rlhf-course train rm`)")
 
     t0 = time.perf_counter()
-    failed_oom = False
+    failed_oom, disk_full = False, None
     try:
         metrics = _train(stage, out, profile, max_steps, resume, sft if stage == "sft" else base, rm, checkpoints,
                          save_every, seed, progress)
     except torch.cuda.OutOfMemoryError:
         failed_oom = True  # handled below, outside this block, so the failed step's tensors can be freed
+    except Exception as err:  # noqa: BLE001 - a full disk becomes a message; anything else is re-raised
+        if isinstance(err, RunError) or not checkpoint_io.is_disk_full(err):
+            raise
+        disk_full = err
+    if disk_full is not None:
+        step = _safe_step(stage, checkpoints)
+        kept = f"the checkpoint of step {step} is kept: " if step else ""
+        raise RunError(f"no space left on the disk of {out} ({_mib(_free_bytes(out))} free; this run writes about "
+                       f"{_mib(need) if need else 'as much as its model and two checkpoints'}); {kept}free some "
+                       "space, then run again with --resume") from disk_full
     if failed_oom:
         free_accelerator_memory()
-        step = checkpoint_step(stage, checkpoints)
+        step = _safe_step(stage, checkpoints)
         kept = checkpoints if step else None
         raise OutOfMemory(memory_advice(profile, f"{kept} (step {step})" if kept else None, stage))
     metrics = {"stage": stage, "profile": profile.name, **metrics,
@@ -143,6 +233,14 @@ def run_stage(stage: str, out_dir: str | Path, *, profile: Profile | str | None 
     if progress:
         print(f"{stage}: done; model in {out / 'model'}, metrics in {out / 'metrics.json'}")
     return metrics
+
+
+def _safe_step(stage: str, checkpoints: Path) -> int | None:
+    """checkpoint_step for a message about another failure: a damaged folder must not hide it."""
+    try:
+        return checkpoint_step(stage, checkpoints)
+    except RunError:
+        return None
 
 
 def _train(stage, out, profile, max_steps, resume, model_id, rm, checkpoints, save_every, seed, progress) -> dict:

@@ -4,6 +4,7 @@ later stage starts from (and PPO's and DPO's reference)."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,8 @@ import datasets
 from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
+from rlhf_course.checkpoint_io import trainer_checkpoint_problem
+from rlhf_course.errors import RunError
 from rlhf_course.loading import keep_trainable_fp32, load_policy, load_tokenizer, lora_config
 from rlhf_course.paths import data_path
 from rlhf_course.profiles import Profile
@@ -70,21 +73,46 @@ def checkpoint_step_of(folder) -> int:
     return int(Path(folder).name.split("-")[-1])
 
 
-def last_checkpoint(checkpoint_dir) -> str | None:
-    """The newest complete checkpoint-N folder in `checkpoint_dir`, or None. Trainer writes
-    trainer_state.json last, so a folder without it was cut short and is skipped."""
+def trainer_checkpoints(checkpoint_dir) -> list[tuple[Path, str | None]]:
+    """Trainer's checkpoint-N folders in `checkpoint_dir`, newest first, each with why it cannot be
+    resumed from (None: intact; see checkpoint_io.trainer_checkpoint_problem)."""
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if folder is None or not folder.is_dir():
-        return None
-    done = [d for d in folder.glob("checkpoint-*") if d.name.split("-")[-1].isdigit() and (d / "trainer_state.json").is_file()]
-    return str(max(done, key=checkpoint_step_of)) if done else None
+        return []
+    found = [d for d in folder.glob("checkpoint-*") if d.is_dir() and d.name.split("-")[-1].isdigit()]
+    return [(d, trainer_checkpoint_problem(d)) for d in sorted(found, key=checkpoint_step_of, reverse=True)]
+
+
+def last_checkpoint(checkpoint_dir) -> str | None:
+    """The newest intact checkpoint-N folder in `checkpoint_dir`, or None. One cut short (Trainer
+    writes trainer_state.json last) or with a truncated file is skipped: Trainer keeps two for that."""
+    return next((str(d) for d, problem in trainer_checkpoints(checkpoint_dir) if problem is None), None)
+
+
+def _set_damaged_aside(checkpoint_dir) -> None:
+    """Before a resume: move checkpoints newer than the newest intact one to damaged-checkpoint-N
+    (Trainer would count them in its rotation and could delete the intact one), and say so."""
+    for folder, problem in trainer_checkpoints(checkpoint_dir):
+        if problem is None:
+            break
+        aside = folder.with_name(f"damaged-{folder.name}")
+        shutil.rmtree(aside, ignore_errors=True)
+        folder.rename(aside)
+        print(f"{folder}: {problem}; resuming from the checkpoint before it (this one is kept as {aside.name})")
 
 
 def train_resumable(trainer, checkpoint_dir=None, resume: bool = False):
-    """`trainer.train()`, continuing from the last complete checkpoint in `checkpoint_dir` when `resume`
-    is asked for and one exists (a first run with resume=True simply starts). Returns Trainer's output
-    with `training_loss` the mean over the whole run: after a resume Trainer averages only the steps of
-    this session, so the steps before the checkpoint are added back from the restored log."""
+    """`trainer.train()`, continuing from the last intact checkpoint in `checkpoint_dir` when `resume`
+    is asked for and one exists (a first run with resume=True simply starts). Without `resume`, a
+    `checkpoint_dir` that already holds checkpoints is refused (RunError), never overwritten.
+    Returns Trainer's output with `training_loss` the mean over the whole run: after a resume Trainer
+    averages only the steps of this session, so the steps before the checkpoint are added back from
+    the restored log."""
+    if not resume and trainer_checkpoints(checkpoint_dir):
+        raise RunError(f"{checkpoint_dir} holds the checkpoints of another run: pass resume=True (--resume) to "
+                       "continue it, or choose another checkpoint folder")
+    if resume:
+        _set_damaged_aside(checkpoint_dir)
     start = last_checkpoint(checkpoint_dir) if resume else None
     out = trainer.train(resume_from_checkpoint=start)
     if start is None:

@@ -9,8 +9,10 @@ from contextlib import contextmanager
 
 import torch
 
+from rlhf_course.errors import CourseError
 
-class CheckFailed(AssertionError):
+
+class CheckFailed(CourseError, AssertionError):
     """Raised inside a check with the message the student should read (the likely mistake)."""
 
 
