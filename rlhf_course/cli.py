@@ -59,7 +59,8 @@ def cmd_validate_data(args: argparse.Namespace) -> int:
         for problem in report.problems:
             print(problem)
         if report.ok:
-            print(f"{path}: ok, {report.n_records} pairs, {report.format} format")
+            layout = f" (converted from the {report.layout} layout)" if report.layout else ""
+            print(f"{path}: ok, {report.n_records} pairs, {report.format} format{layout}")
         failed |= not report.ok
     return 1 if failed else 0
 

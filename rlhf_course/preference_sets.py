@@ -85,9 +85,12 @@ def _is_hh_text(value) -> bool:
 
 def detect_layout(record: dict) -> str:
     """Which layout a record is in (the names above), or "unknown". A `chosen` that holds the whole
-    conversation decides, whatever other columns there are."""
+    conversation decides, unless the record has a conversational `prompt` of its own: then it is TRL's
+    explicit layout with a user turn inside the answer, which the checks reject."""
     chosen = record.get("chosen")
-    if isinstance(chosen, list) and any(not isinstance(m, dict) or m.get("role") != "assistant" for m in chosen):
+    whole_conversation = isinstance(chosen, list) and any(
+        not isinstance(m, dict) or m.get("role") != "assistant" for m in chosen)
+    if whole_conversation and not isinstance(record.get("prompt"), list):
         return "implicit_conversational"
     if _is_hh_text(chosen):
         return "hh_rlhf"
@@ -172,9 +175,7 @@ def to_trl_record(record: dict, *, source: str = "<record>", index: int = 1, mar
         problem.add_report([record])
         if not problem.found:
             out = to_conversational(record)
-            prompt, chosen, rejected = out["prompt"], out["chosen"], out["rejected"]
-            if prompt[-1]["role"] != "user":
-                problem(f"prompt[{len(prompt) - 1}].role", f"the prompt must end with a user turn, got {prompt[-1]['role']!r}")
+            chosen, rejected = out["chosen"], out["rejected"]  # the prompt's turns: preferences' checks above
             for name, answer in (("chosen", chosen), ("rejected", rejected)):
                 if len(answer) != 1 or answer[0]["role"] != "assistant":
                     problem(name, f"must be one assistant message, got {[m['role'] for m in answer]}")

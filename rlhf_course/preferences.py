@@ -53,6 +53,7 @@ class ValidationReport:
     problems: list[Problem] = field(default_factory=list)
     n_records: int = 0
     format: str | None = None  # "plain", "conversational", or None if no valid record was found
+    layout: str | None = None  # a Hub set's layout the file was converted from (preference_sets.detect_layout)
 
     @property
     def ok(self) -> bool:
@@ -397,9 +398,19 @@ def _read_jsonl(path: str) -> tuple[list[tuple[int, object]], list[Problem]]:
     return numbered, problems
 
 
+HUB_LAYOUTS = ("implicit_conversational", "hh_rlhf")  # converted to TRL's rows on reading
+
+
 def _validate_path(path, check: bool = True) -> tuple[ValidationReport, list[dict]]:
     path = str(path)
     numbered, problems = _read_jsonl(path)
+    from rlhf_course.preference_sets import convert_records, detect_layout  # it imports this module
+
+    layout = next((detect_layout(r) for _, r in numbered if isinstance(r, dict)), None)
+    if layout in HUB_LAYOUTS:  # whole conversations (ultrafeedback_binarized) or hh-rlhf text: TRL's rows
+        records, found = convert_records(numbered, path)
+        problems = sorted(problems + found, key=lambda p: p.line)
+        return ValidationReport(path, problems, len(numbered), "conversational", layout), records
     if check:
         found, fmt = _check_all(numbered, path)
     else:  # still refuse what cannot become dataset rows: non-objects, values no column can hold
@@ -454,7 +465,7 @@ def validate_file(path) -> ValidationReport:
     """Check a JSONL preference file exactly as `load_preferences` does (it loads it, too); bad
     content is reported, never raised."""
     problems, _, (report,) = _check_files([path])
-    return ValidationReport(report.path, problems, report.n_records, report.format)
+    return ValidationReport(report.path, problems, report.n_records, report.format, report.layout)
 
 
 def load_preferences(path_or_paths, *, validate: bool = True) -> datasets.Dataset:

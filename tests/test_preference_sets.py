@@ -103,7 +103,7 @@ MALFORMED = [  # (layout, record, "field: problem")
     ("trl_plain", {"prompt": "Hi", "chosen": "   ", "rejected": " Hello."}, "chosen: empty text"),
     ("trl_conversational", {"prompt": [user("Hi"), assistant("Hello")], "chosen": [assistant("a")],
                             "rejected": [assistant("b")]},
-     "prompt[1].role: the prompt must end with a user turn, got 'assistant'"),
+     "prompt[1].role: the prompt ends with an assistant turn"),
     ("implicit_conversational", {**UF_ROW, "chosen": UF_ROW["chosen"][:1]},
      "chosen[0].role: the conversation must end with the answer (assistant), got 'user'"),
     ("implicit_conversational", {**UF_ROW, "rejected": [user("Convert 6 km to miles."), UF_ROW["rejected"][1]]},
@@ -314,3 +314,28 @@ def test_sft_offline_trains_on_the_handwritten_chosen_answers(hub_offline, tmp_p
     assert len(out) == 1 and out[0].startswith(f"load_sft_set: {UF} is not available (HF_HUB_OFFLINE=1")
     assert "using the chosen answers of the course's hand-written set instead" in out[0]
     assert as_set(rows) == as_set({"prompt": p["prompt"], "completion": p["chosen"]} for p in handwritten_pairs())
+
+
+@pytest.mark.parametrize("name, layout", [("ultrafeedback_binarized", "implicit_conversational"),
+                                          ("hh_rlhf", "hh_rlhf"), ("trl_conversational", None)])
+def test_validate_data_and_load_preferences_take_the_hub_layouts_from_local_jsonl(name, layout):
+    from rlhf_course.preferences import load_preferences, validate_file
+
+    path = FIXTURES / f"{name}.jsonl"
+    report = validate_file(path)
+    assert report.ok and report.layout == layout and report.format == "conversational"
+    rows = load_preferences(path)
+    assert len(rows) == report.n_records
+    assert list(rows) == [to_trl_record(r, source=str(path), index=i)
+                          for i, r in enumerate(map(json.loads, path.read_text().splitlines()), start=1)]
+
+
+def test_a_bad_record_in_a_hub_layout_file_is_one_line_in_both():
+    from rlhf_course.preferences import PreferenceDataError, load_preferences, validate_file
+
+    path = FIXTURES / "hh_rlhf_bad.jsonl"
+    report = validate_file(path)
+    with pytest.raises(PreferenceDataError) as err:
+        load_preferences(path)
+    assert [str(p) for p in report.problems] == [str(p) for p in err.value.problems]
+    assert str(report.problems[0]).startswith(f"{path}:3: ")
