@@ -175,7 +175,7 @@ def to_trl_record(record: dict, *, source: str = "<record>", index: int = 1, mar
         problem.add_report([record])
         if not problem.found:
             out = to_conversational(record)
-            chosen, rejected = out["chosen"], out["rejected"]  # the prompt's turns: preferences' checks above
+            prompt, chosen, rejected = out["prompt"], out["chosen"], out["rejected"]  # the prompt: checked above
             for name, answer in (("chosen", chosen), ("rejected", rejected)):
                 if len(answer) != 1 or answer[0]["role"] != "assistant":
                     problem(name, f"must be one assistant message, got {[m['role'] for m in answer]}")
