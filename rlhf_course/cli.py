@@ -73,9 +73,9 @@ def cmd_build_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_build_checkpoints(args: argparse.Namespace) -> int:
-    from rlhf_course.checkpoints import build_checkpoints
+    from rlhf_course.trained_models import build_all
 
-    for name, path in build_checkpoints(_profile(args.profile)).items():
+    for name, path in build_all(_profile(args.profile)).items():
         print(f"{name}: {path}")
     return 0
 

@@ -9,7 +9,7 @@ overoptimization", arXiv:2210.10760; Stiennon et al. 2020, Sec. 4.3).
 
 from __future__ import annotations
 
-from rlhf_course import checkpoints, toyworld
+from rlhf_course import toyworld, trained_models
 from rlhf_course.ppo import train_ppo
 from rlhf_course.profiles import Profile
 
@@ -21,8 +21,8 @@ def reward_hacking_curves(profile: Profile, *, kl_coefs: tuple[float, ...] = (0.
     Returns, per run, one dict per iteration: step, proxy_reward (the reward model's mean score),
     true_reward (the ground truth's mean, watched but never optimised), kl (nats per answer) and
     length (tokens per answer)."""
-    sft = sft_model_id or checkpoints.sft_model(profile)
-    rm = reward_model_dir or checkpoints.reward_model(profile, "length_biased")
+    sft = sft_model_id or trained_models.sft_model(profile)
+    rm = reward_model_dir or trained_models.reward_model_dir(profile, "length_biased")
     curves = {}
     for kl_coef in kl_coefs:
         result = train_ppo(profile, model_id=sft, reward_model_dir=rm, monitor_fn=toyworld.ground_truth_rewards,

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging as hf_logging
 
-from rlhf_course import checkpoints, toyworld
+from rlhf_course import toyworld, trained_models
 from rlhf_course.checks.nb02_policy_gradients import (check_compute_gae, check_masked_whiten, check_reinforce_loss,
                                                       check_sequence_logprob)
 from rlhf_course.evaluation import evaluate_policy
@@ -412,7 +412,7 @@ check_sequence_logprob(sequence_logprob)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-sft_path = checkpoints.sft_model(profile)   # the course's SFT model (a 7B chat model on the 7b profile)
+sft_path = trained_models.sft_model(profile)   # the course's SFT model (a 7B chat model on the 7b profile)
 tokenizer = load_tokenizer(profile, sft_path)
 torch.manual_seed(0)
 policy = load_policy(profile, model_id=sft_path)   # + a fresh LoRA adapter: the only trained weights

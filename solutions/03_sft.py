@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt
 import torch
 from transformers.utils import logging as hf_logging
 
-from rlhf_course import checkpoints, memory, toyworld
+from rlhf_course import memory, toyworld, trained_models
 from rlhf_course.checks.nb03_sft import check_completion_labels, check_count_lora_params, check_lora_forward
 from rlhf_course.evaluation import evaluate_policy
 from rlhf_course.loading import load_policy, load_tokenizer
@@ -271,7 +271,7 @@ print(f"Mistral-7B: LoRA r=16 trains {n_lora / 1e6:.1f}M of {n_all / 1e9:.2f}B p
 #
 # `rlhf_course.sft.train_sft` is the whole recipe: TRL's `SFTTrainer` with the completion-only loss, a
 # LoRA adapter from the profile, AdamW with a cosine schedule. The course's SFT model
-# (`checkpoints.sft_model(profile)`) is `train_sft(profile)` with its defaults: 200 steps of 32
+# (`trained_models.sft_model(profile)`) is `train_sft(profile)` with its defaults: 200 steps of 32
 # demonstrations. Here we run 30 steps to see the loss fall, and compare with the shipped model.
 
 # %%
@@ -285,7 +285,7 @@ plot_training_curves(result.history, ["loss", "mean_token_accuracy"], title=f"SF
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-sft_path = checkpoints.sft_model(profile)   # 200 steps of train_sft; on the 7b profile the chat model itself
+sft_path = trained_models.sft_model(profile)   # 200 steps of train_sft; on the 7b profile the chat model itself
 shipped = base if sft_path == profile.model_path else load_policy(profile, lora=False, model_id=sft_path, verbose=False)
 evals = {"base": base_eval}
 for name, model in ((f"SFT, {STEPS} steps", result.model), ("SFT, shipped", shipped)):

@@ -36,7 +36,7 @@ import datasets
 import torch
 from transformers.utils import logging as hf_logging
 
-from rlhf_course import checkpoints, toyworld
+from rlhf_course import toyworld, trained_models
 from rlhf_course.ai_feedback import CONSTITUTION, GroundTruthJudge, judge_agreement, judge_prompt, make_judge
 from rlhf_course.checks.nb04_human_feedback import (check_bt_probability, check_cohen_kappa, check_labels_to_records,
                                                     check_majority)
@@ -146,7 +146,7 @@ for problem in validate_file(path).problems:
 
 # %%
 tokenizer = load_tokenizer(profile)
-sft_path = checkpoints.sft_model(profile)  # the SFT model of notebook 3 (built once if it is missing)
+sft_path = trained_models.sft_model(profile)  # the SFT model of notebook 3 (built once if it is missing)
 policy = load_policy(profile, lora=False, model_id=sft_path, verbose=False)
 prompts = random.Random(0).sample(toyworld.train_prompts(), 24)
 pairs = sample_pairs(policy, tokenizer, prompts, max_new_tokens=profile.max_new_tokens,
@@ -415,7 +415,7 @@ print(judge_prompt(pairs[0]))
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-reward_model = (load_trained_reward_model(profile, checkpoints.reward_model(profile), model_id=sft_path,
+reward_model = (load_trained_reward_model(profile, trained_models.reward_model_dir(profile), model_id=sft_path,
                                           verbose=False)
                 if profile.name == "tiny" else None)  # the 7b judge is the chat model: no reward model needed
 judge = make_judge(profile, model=policy, tokenizer=tokenizer, reward_model=reward_model)

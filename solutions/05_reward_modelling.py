@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from transformers.utils import logging as hf_logging
 
 import rlhf_course.reward_model as rm
-from rlhf_course import checkpoints, toyworld
+from rlhf_course import toyworld, trained_models
 from rlhf_course.checks.nb05_reward_modelling import (check_bayes_accuracy, check_bradley_terry_loss,
                                                       check_combine_rewards, check_margin_loss,
                                                       check_preference_accuracy)
@@ -316,7 +316,7 @@ for name, pairs in (("train", train_pairs), ("test", test_pairs)):
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-sft_path = checkpoints.sft_model(profile)          # the SFT model of notebook 3
+sft_path = trained_models.sft_model(profile)          # the SFT model of notebook 3
 tokenizer = load_tokenizer(profile, sft_path)
 RM_STEPS = 40 if profile.name == "tiny" else profile.rm_steps
 short_run = rm.train_reward_model(profile, train_pairs, test_pairs, model_id=sft_path, steps=RM_STEPS, seed=0)
@@ -337,11 +337,11 @@ plot_training_curves(short_run.history, ["loss", "accuracy", "margin"], smooth=0
 # All three curves are noisy because each point is one batch of 32 pairs.
 #
 # **The full run.** The course ships the reward model trained with `rm.train_reward_model`'s defaults
-# (`profile.rm_steps` = 300 steps, about 2.4 epochs) as `checkpoints.reward_model(profile)`. Load it,
+# (`profile.rm_steps` = 300 steps, about 2.4 epochs) as `trained_models.reward_model_dir(profile)`. Load it,
 # and score every held-out pair:
 
 # %%
-reward_model = rm.load_trained_reward_model(profile, checkpoints.reward_model(profile), model_id=sft_path,
+reward_model = rm.load_trained_reward_model(profile, trained_models.reward_model_dir(profile), model_id=sft_path,
                                             verbose=False)
 chosen_r, rejected_r = rm.pair_rewards(reward_model, tokenizer, test_pairs)  # (1000,), (1000,)
 _, full_accuracy = rm.bradley_terry_loss(chosen_r, rejected_r)  # (loss, accuracy): ties count 1/2, as yours
@@ -454,14 +454,14 @@ print(f"  the reward model: {((chosen_r > rejected_r) == (true_c > true_r))[diff
 # %% [markdown]
 # **What does it reward?** Score hand-made answers to the twelve held-out benign prompts: with more
 # and more of the task's tips, and with 2 tips followed by more and more filler ("i hope this helps .").
-# Next to the shipped model we put a second one, `checkpoints.reward_model(profile, "length_biased")`,
+# Next to the shipped model we put a second one, `trained_models.reward_model_dir(profile, "length_biased")`,
 # trained on labels from a labeller who likes longer answers (their utility gains 0.25 per sentence).
 # Since a reward is defined only up to a constant (section 1), every curve is shifted to 0 at the
 # 2-tip answer; the ground truth is divided by the labeller temperature $T$, the scale the rewards
 # live on.
 
 # %%
-biased_model = rm.load_trained_reward_model(profile, checkpoints.reward_model(profile, "length_biased"),
+biased_model = rm.load_trained_reward_model(profile, trained_models.reward_model_dir(profile, "length_biased"),
                                             model_id=sft_path, verbose=False)
 prompts = [p for p in toyworld.eval_prompts() if not p.harmful and p.claim is None]   # 12 benign prompts
 prompt_texts = [p.text for p in prompts]

@@ -24,7 +24,7 @@
 #   adapter.
 #
 # **Prerequisites**: notebook 2 (policy gradients, advantages, GAE) and notebook 5 (the reward model).
-# The SFT model and the reward models load from `rlhf_course.checkpoints`: nothing to retrain.
+# The SFT model and the reward models load from `rlhf_course.trained_models`: nothing to retrain.
 #
 # **Estimated time**: 75 minutes to work through. The notebook runs in about 2 minutes on a laptop CPU
 # (tiny profile).
@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt
 import torch
 from transformers.utils import logging as hf_logging
 
-from rlhf_course import checkpoints, memory, plots, ppo, toyworld
+from rlhf_course import memory, plots, ppo, toyworld, trained_models
 from rlhf_course.checks.nb06_ppo import (check_compute_rewards, check_ppo_policy_loss, check_ppo_value_loss,
                                          check_rollout_kl)
 from rlhf_course.evaluation import best_possible_reward, evaluate_policy
@@ -370,9 +370,9 @@ check_rollout_kl(rollout_kl)
 # %%
 # NBVAL_IGNORE_OUTPUT
 PPO_STEPS = 25 if profile.name == "tiny" else profile.ppo_steps
-sft_path = checkpoints.sft_model(profile)                  # notebook 3's SFT model: the start and the reference
+sft_path = trained_models.sft_model(profile)                  # notebook 3's SFT model: the start and the reference
 tokenizer = load_tokenizer(profile, sft_path)
-run = ppo.train_ppo(profile, model_id=sft_path, reward_model_dir=checkpoints.reward_model(profile),
+run = ppo.train_ppo(profile, model_id=sft_path, reward_model_dir=trained_models.reward_model_dir(profile),
                     monitor_fn=toyworld.ground_truth_rewards, steps=PPO_STEPS, seed=0)
 policy = run.model                                         # the PEFT model: SFT weights + the trained adapter
 print({k: round(v, 2) for k, v in run.metrics.items()})
@@ -452,7 +452,7 @@ for s_sft, s_ppo in list(zip(sft_eval.samples, ppo_eval.samples))[::40]:
 #
 # The course ships a reward model built with a trap: it was trained on labels from a labeller with a
 # **verbosity bias**, someone who, other things equal, prefers longer answers
-# (`checkpoints.reward_model(profile, "length_biased")`; each extra sentence adds 0.25 to the labeller's
+# (`trained_models.reward_model_dir(profile, "length_biased")`; each extra sentence adds 0.25 to the labeller's
 # utility, so even a filler sentence looks better than nothing). Real labellers have this bias too, and
 # reward models inherit it (Singhal et al. 2023, "A long way to go: investigating length correlations in
 # RLHF", arXiv:2310.03716).
@@ -525,7 +525,7 @@ print(memory.plan("zephyr-7b", "ppo", "t4").table())
 # %% [markdown]
 # Time on a T4 (an estimate, not a measurement): sampling 4 answers of up to 128 tokens from a 4-bit 7B
 # model and the optimisation phase take roughly half a minute per iteration, so the profile's 20
-# iterations take 10-15 minutes, plus the reward model trained on first use (`checkpoints.reward_model`).
+# iterations take 10-15 minutes, plus the reward model trained on first use (`trained_models.reward_model_dir`).
 # Every cell above already ran with the `7b` numbers if this notebook runs on a GPU; the cell below
 # adds what only a GPU can show: the peak memory PPO really used, and an answer of the trained policy.
 

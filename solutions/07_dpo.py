@@ -21,7 +21,7 @@
 # - evaluate DPO against the SFT model (win rate, KL), and know what the 7B run needs on a T4.
 #
 # **Prerequisites**: notebook 5 (Bradley-Terry, reward models) and notebook 6 (the RLHF objective,
-# KL to the reference). The SFT model loads from `rlhf_course.checkpoints`.
+# KL to the reference). The SFT model loads from `rlhf_course.trained_models`.
 #
 # **Estimated time**: 60 minutes to work through. The notebook runs in about 1-2 minutes on a laptop
 # CPU (tiny profile).
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from transformers.utils import logging as hf_logging
 from trl import DPOTrainer
 
-from rlhf_course import checkpoints, dpo, memory, plots
+from rlhf_course import dpo, memory, plots, trained_models
 from rlhf_course.checks.nb07_dpo import check_dpo_batch_loss, check_dpo_loss, check_ipo_loss, check_sequence_logps
 from rlhf_course.evaluation import evaluate_policy
 from rlhf_course.loading import load_policy, load_tokenizer, lora_config
@@ -115,7 +115,7 @@ if profile.name == "tiny":
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-sft_path = checkpoints.sft_model(profile)                        # notebook 3's SFT model: pi_ref
+sft_path = trained_models.sft_model(profile)                        # notebook 3's SFT model: pi_ref
 tokenizer = load_tokenizer(profile, sft_path)
 pairs = dpo.keep_dpo_columns(dpo.load_dpo_data())                 # the toy world's 4,000 training pairs
 print(pairs[0])

@@ -42,7 +42,7 @@ import pandas as pd
 import torch
 from transformers.utils import logging as hf_logging
 
-from rlhf_course import ai_feedback, checkpoints, evaluation, grpo, plots, toyworld
+from rlhf_course import ai_feedback, evaluation, grpo, plots, toyworld, trained_models
 from rlhf_course import best_of_n as bon
 from rlhf_course import reward_model as rm
 from rlhf_course.checks.nb08_beyond import (check_best_of_n_kl, check_group_relative_advantages,
@@ -66,10 +66,10 @@ if profile.name == "tiny":
 # and 24 prompts where the user makes a claim, half of them false).
 
 # %%
-sft_path = checkpoints.sft_model(profile)                  # notebook 3's SFT model (merged)
+sft_path = trained_models.sft_model(profile)                  # notebook 3's SFT model (merged)
 tokenizer = load_tokenizer(profile, sft_path)
 policy = load_policy(profile, lora=False, model_id=sft_path, verbose=False)
-reward_model = rm.load_trained_reward_model(profile, checkpoints.reward_model(profile), verbose=False)
+reward_model = rm.load_trained_reward_model(profile, trained_models.reward_model_dir(profile), verbose=False)
 rm_fn = rm.reward_fn(reward_model, tokenizer)              # reward_fn(prompts, completions) -> scores
 eval_prompts = toyworld.eval_prompts()
 SAMPLE = dict(max_new_tokens=profile.max_new_tokens, temperature=profile.temperature)

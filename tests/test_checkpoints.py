@@ -3,7 +3,7 @@ notebooks rely on: the reward model ranks held-out pairs well, the length-biased
 
 import random
 
-from rlhf_course import checkpoints, toyworld
+from rlhf_course import toyworld, trained_models
 from rlhf_course.loading import load_tokenizer
 from rlhf_course.paths import REPO_ROOT
 from rlhf_course.reward_model import load_rm_data, load_trained_reward_model, reward_accuracy, score_texts
@@ -11,14 +11,14 @@ from rlhf_course.reward_model import load_rm_data, load_trained_reward_model, re
 
 def test_shipped_adapters_record_their_base_relative_to_the_repository(tiny):
     for kind in ("default", "length_biased"):
-        config = (REPO_ROOT / checkpoints.reward_model(tiny, kind) / "adapter_config.json").read_text()
+        config = (REPO_ROOT / trained_models.reward_model_dir(tiny, kind) / "adapter_config.json").read_text()
         assert '"base_model_name_or_path": "data/checkpoints/sft"' in config
 
 
 def test_shipped_reward_models_load_from_another_directory_and_rank_as_trained(tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a notebook's kernel runs in solutions/, Colab's in /content
-    tokenizer = load_tokenizer(tiny, checkpoints.sft_model(tiny))
-    rm = load_trained_reward_model(tiny, checkpoints.reward_model(tiny), verbose=False)
+    tokenizer = load_tokenizer(tiny, trained_models.sft_model(tiny))
+    rm = load_trained_reward_model(tiny, trained_models.reward_model_dir(tiny), verbose=False)
     test_pairs = load_rm_data("test").select(range(300))
     accuracy = reward_accuracy(rm, tokenizer, test_pairs)
     bayes = toyworld.bayes_accuracy(test_pairs["p_chosen"])
@@ -30,7 +30,7 @@ def test_shipped_reward_models_load_from_another_directory_and_rank_as_trained(t
     good = [toyworld.best_response(p) for p in prompts]
     padded = [g + " " + toyworld.join_sentences([rng.choice(toyworld.FILLER)]) for g in good]
     texts = [p.text for p in prompts]
-    biased = load_trained_reward_model(tiny, checkpoints.reward_model(tiny, "length_biased"), verbose=False)
+    biased = load_trained_reward_model(tiny, trained_models.reward_model_dir(tiny, "length_biased"), verbose=False)
     gain_default = (score_texts(rm, tokenizer, texts, padded) - score_texts(rm, tokenizer, texts, good)).mean()
     gain_biased = (score_texts(biased, tokenizer, texts, padded) - score_texts(biased, tokenizer, texts, good)).mean()
     assert gain_biased > gain_default, (gain_biased.item(), gain_default.item())

@@ -1,0 +1,121 @@
+"""The course's trained models, so later notebooks need not retrain earlier stages.
+
+    sft = trained_models.sft_model(profile)                 # a folder: pass it as model_id= anywhere
+    rm = trained_models.reward_model_dir(profile)           # a reward model adapter on that SFT model
+
+On the tiny profile they ship in `data/checkpoints/` (a few MB, safetensors), built by exactly the
+code the notebooks teach - `rlhf-course build-checkpoints` rebuilds them (about two minutes):
+
+    sft/                the SFT model: the base + LoRA on the demonstrations, merged (notebook 3)
+    rm/                 a reward model on the SFT model: LoRA adapter + score head (notebook 5)
+    rm_length_biased/   the same, trained on labels from a labeller who likes long answers (notebook 6)
+
+On the 7b profile nothing ships (Hub models, a GPU's hours): they are trained on first use, with the
+profile's recipe on its real preference set, into `models_dir(profile)` - `~/.cache/rlhf-course/7b`,
+or $RLHF_COURSE_MODELS (in Colab, a Drive folder, so that a new session finds them):
+
+    sft/                the SFT adapter on the 4-bit base (a 4-bit base cannot take it in); notebook 3 saves its own here
+    rm/                 the reward model, its LoRA started from the SFT adapter
+The length-biased reward model exists only where its labeller does: in the toy world.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import datasets
+
+from rlhf_course import toyworld
+from rlhf_course.paths import data_path
+from rlhf_course.profiles import Profile
+
+LENGTH_BIAS = 0.25  # the biased labeller's utility per sentence: filler looks +0.15 better than nothing
+MODELS_ENV = "RLHF_COURSE_MODELS"
+KINDS = ("default", "length_biased")
+
+
+def models_dir(profile: Profile) -> Path:
+    """Where the profile's trained models live: shipped in the repository for the toy world's models,
+    else built on first use into $RLHF_COURSE_MODELS or ~/.cache/rlhf-course/<profile>."""
+    if profile.has_ground_truth:
+        return data_path("checkpoints")
+    return Path(os.environ.get(MODELS_ENV) or Path.home() / ".cache" / "rlhf-course" / profile.name)
+
+
+def length_biased_preferences(n: int = toyworld.N_PREF_TRAIN, seed: int = 2) -> list[dict]:
+    """The toy world's preference pairs, labelled by someone who likes longer answers (the trap)."""
+    return toyworld.make_preference_pairs(n, seed=seed, labeller=toyworld.Labeller(length_bias=LENGTH_BIAS))
+
+
+def _profile_pairs(profile: Profile, sft: bool = False) -> datasets.Dataset | None:
+    """What the profile trains on: None (the toy world's files) on the tiny profile, else a slice of its
+    real preference set (or its demonstrations, `sft`), within its lengths."""
+    if profile.has_ground_truth:
+        return None
+    from rlhf_course.loading import load_tokenizer
+    from rlhf_course.preference_sets import load_preference_set, load_sft_set
+
+    load = load_sft_set if sft else load_preference_set
+    return load(profile.preference_set, n=profile.preference_pairs, tokenizer=load_tokenizer(profile),
+                max_length=profile.max_length)
+
+
+def sft_model(profile: Profile, progress: bool = False) -> str:
+    """The folder of the SFT model every later stage starts from, built on first use if missing: a merged
+    model on a full-precision base, an adapter folder on a 4-bit one (`sft.save_sft_model`)."""
+    path = models_dir(profile) / "sft"
+    if not ((path / "model.safetensors").exists() or (path / "adapter_model.safetensors").exists()):
+        from rlhf_course.loading import free_memory, load_tokenizer
+        from rlhf_course.sft import save_sft_model, train_sft
+
+        result = train_sft(profile, _profile_pairs(profile, sft=True), progress=progress)
+        save_sft_model(result.model, load_tokenizer(profile), path)
+        del result
+        free_memory()
+    return str(path)
+
+
+def reward_model_dir(profile: Profile, kind: str = "default", progress: bool = False) -> str:
+    """The folder of a reward model adapter on the SFT model, built on first use if missing: kind
+    "default" (the profile's labels) or "length_biased" (the toy world's labels with the verbosity trap)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind is one of {', '.join(KINDS)}, not {kind!r}")
+    if kind == "length_biased" and not profile.has_ground_truth:
+        raise ValueError("the length-biased labeller belongs to the toy world (tiny profile): on the 7b profile "
+                         "reward hacking shows against the reward model itself, with the judge as the gold reward")
+    path = models_dir(profile) / ("rm" if kind == "default" else "rm_length_biased")
+    if not (path / "adapter_model.safetensors").exists():
+        from rlhf_course.loading import free_memory
+        from rlhf_course.reward_model import train_reward_model
+
+        data = (datasets.Dataset.from_list(length_biased_preferences()) if kind == "length_biased"
+                else _profile_pairs(profile))
+        held_out = None  # the toy world's test pairs
+        if not profile.has_ground_truth:  # a tenth of the real pairs, held out for the accuracy
+            split = data.train_test_split(test_size=0.1, seed=0)
+            data, held_out = split["train"], split["test"]
+        result = train_reward_model(profile, data, held_out, model_id=sft_model(profile, progress), out_dir=str(path),
+                                    progress=progress)
+        del result
+        free_memory()
+        for extra in ("training_args.bin", "README.md"):  # a pickle and a model card: not needed to load
+            (path / extra).unlink(missing_ok=True)
+        if profile.has_ground_truth:  # shipped: record the base as a repository path, not this machine's
+            cfg_path = path / "adapter_config.json"
+            cfg = json.loads(cfg_path.read_text())
+            cfg["base_model_name_or_path"] = "data/checkpoints/sft"
+            cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    return str(path)
+
+
+def build_all(profile: Profile, progress: bool = True) -> dict[str, str]:
+    """(Re)build every trained model of the profile from scratch."""
+    kinds = KINDS if profile.has_ground_truth else ("default",)
+    for name in ("sft", "rm", "rm_length_biased"):
+        shutil.rmtree(models_dir(profile) / name, ignore_errors=True)
+    out = {"sft": sft_model(profile, progress)}
+    out |= {("rm" if k == "default" else "rm_length_biased"): reward_model_dir(profile, k, progress) for k in kinds}
+    return out
