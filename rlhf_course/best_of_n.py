@@ -27,7 +27,8 @@ from rlhf_course import toyworld
 from rlhf_course.loading import load_policy, load_tokenizer
 from rlhf_course.profiles import Profile
 from rlhf_course.sampling import Completion, as_messages, generate
-from rlhf_course.sft import TrainResult, save_merged, train_sft
+from rlhf_course.sft import save_merged, train_sft
+from rlhf_course.training import TrainResult
 
 
 @dataclass

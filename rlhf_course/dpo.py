@@ -25,7 +25,7 @@ from rlhf_course.loading import reference_policy
 from rlhf_course.logprobs import sequence_logprobs
 from rlhf_course.paths import data_path
 from rlhf_course.profiles import Profile
-from rlhf_course.sft import TrainResult, train_resumable, trl_common_args
+from rlhf_course.training import TrainResult, run_trl_trainer, steps_or_default, trl_common_args
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -165,7 +165,7 @@ def dpo_config(profile: Profile, *, steps: int | None = None, beta: float | None
     learning rate from its recipe unless given)."""
     from trl import DPOConfig
 
-    steps = steps or profile.dpo_steps
+    steps = steps_or_default(steps, profile.dpo_steps)
     return DPOConfig(
         **trl_common_args(profile, steps, out_dir, progress, seed, checkpoint_dir=checkpoint_dir, save_every=save_every),
         learning_rate=learning_rate or profile.recipe.dpo_learning_rate,
@@ -208,10 +208,9 @@ def train_dpo(profile: Profile, dataset=None, *, model_id: str | None = None, st
     back to fp32 unless the profile computes in bf16. The same path runs on the tiny model with
     `load_in_4bit=True` on a CPU (fp32 compute, fp32 adapter), which is how the tests cover it.
     """
-    from transformers import PrinterCallback
     from trl import DPOTrainer
 
-    from rlhf_course.loading import keep_trainable_fp32, load_tokenizer, policy_for_trainer
+    from rlhf_course.loading import load_tokenizer, policy_for_trainer
 
     tokenizer = load_tokenizer(profile, model_id)
     # the merged SFT model + a fresh adapter, or (7b) the SFT adapter itself, continued, with its frozen copy as pi_ref
@@ -221,11 +220,8 @@ def train_dpo(profile: Profile, dataset=None, *, model_id: str | None = None, st
                       save_every=save_every)
     trainer = DPOTrainer(model=model, args=args, train_dataset=keep_dpo_columns(dataset or load_dpo_data()),
                          processing_class=tokenizer, peft_config=peft_config)
-    if not progress:
-        trainer.remove_callback(PrinterCallback)  # without a progress bar, Trainer prints every log line
-    keep_trainable_fp32(trainer.model, profile)
-    out = train_resumable(trainer, checkpoint_dir, resume)
-    history = [h for h in trainer.state.log_history if "loss" in h]
+    out, history = run_trl_trainer(trainer, profile, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume,
+                                   keep_bf16_adapters=True)
     last = history[-1] if history else {}
     metrics = {"train_loss": out.training_loss, **{k: last[k] for k in LOGGED[1:] if k in last}}
     return TrainResult(trainer.model, metrics, history)

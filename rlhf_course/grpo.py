@@ -30,15 +30,14 @@ import math
 
 import datasets
 import torch
-from transformers import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from rlhf_course import toyworld
 from rlhf_course.best_of_n import as_prompt
-from rlhf_course.loading import keep_trainable_fp32, load_tokenizer, policy_for_trainer
+from rlhf_course.loading import load_tokenizer, policy_for_trainer
 from rlhf_course.profiles import Profile
 from rlhf_course.sampling import Completion, as_messages
-from rlhf_course.sft import TrainResult, trl_common_args
+from rlhf_course.training import TrainResult, run_trl_trainer, steps_or_default, trl_common_args
 
 ALGORITHMS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}
 # KL coefficient of RLOO when none is given: TRL's default, on the KL summed over the answer (GRPO's comes
@@ -115,7 +114,7 @@ def train_grpo(
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
     config_cls, trainer_cls = ALGORITHMS[algorithm]
-    steps = steps or profile.ppo_steps
+    steps = steps_or_default(steps, profile.ppo_steps)
     tokenizer = load_tokenizer(profile, model_id)
     model, peft_config = policy_for_trainer(profile, model_id, load_in_4bit, verbose=progress)
 
@@ -143,12 +142,8 @@ def train_grpo(
         #    SFT adapter itself, continued, with its frozen copy "ref" as the reference (TRL makes it)
         peft_config=peft_config, callbacks=callbacks,
     )
-    if not progress:
-        trainer.remove_callback(PrinterCallback)  # without a progress bar, Trainer prints every log line
-    keep_trainable_fp32(trainer.model)
-    out = trainer.train()
-
-    history = [h for h in trainer.state.log_history if "reward" in h]  # the final summary row has no reward
+    # the final summary row has no reward: the history is the rows that do
+    out, history = run_trl_trainer(trainer, profile, progress=progress, history_key="reward")
     k = max(1, len(history) // 5)  # average the first and last fifth: one step's mean reward is noisy
     metrics = {
         "reward_first": sum(h["reward"] for h in history[:k]) / k,

@@ -199,10 +199,11 @@ def _load(loader, profile: Profile, model_id: str | None, load_in_4bit: bool | N
                              use_safetensors=True, **kwargs)
     if load_in_4bit:
         _live_4bit_bases.add(model)
-        # fp32 layer norms and embeddings, input grads for checkpointing (peft's QLoRA recipe)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=profile.gradient_checkpointing)
-    elif profile.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # fp32 layer norms and embeddings (peft's QLoRA recipe); checkpointing below, under its current name
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if profile.gradient_checkpointing:
+        # non-reentrant checkpointing: inputs need no requires_grad hack, the frozen 4-bit weights get no gradient
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 

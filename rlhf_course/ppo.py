@@ -50,7 +50,7 @@ from rlhf_course.loading import (active_adapter, add_reference_adapter, is_adapt
 from rlhf_course.profiles import TINY_RECIPE
 from rlhf_course.reward_model import tokenize_conversations
 from rlhf_course.sampling import Completion, answer_mask, decode_responses, prompt_mask, sample_ids
-from rlhf_course.sft import TrainResult
+from rlhf_course.training import TrainResult
 
 RewardFn = Callable[[list, list[Completion]], list[float]]
 

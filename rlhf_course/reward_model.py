@@ -28,7 +28,7 @@ import datasets
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import PrinterCallback, get_scheduler
+from transformers import get_scheduler
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 
@@ -38,7 +38,7 @@ from rlhf_course.paths import REPO_ROOT, data_path
 from rlhf_course.preferences import detect_format, load_preferences, to_conversational
 from rlhf_course.profiles import Profile
 from rlhf_course.sampling import as_messages
-from rlhf_course.sft import TrainResult, train_resumable, trl_common_args
+from rlhf_course.training import TrainResult, run_trl_trainer, steps_or_default, trl_common_args
 
 # AdamW learning rate per profile: the tiny model's LoRA likes it high; a 7B's LoRA wants TRL's default
 LR_SCHEDULE = "cosine"        # shared by the TRL path and the from-scratch loop, so they can be compared
@@ -249,7 +249,7 @@ def train_reward_model(
     """
     if load_in_4bit and not lora:
         raise ValueError("4-bit weights cannot be trained: use lora=True with load_in_4bit=True (QLoRA)")
-    steps = steps or profile.rm_steps
+    steps = steps_or_default(steps, profile.rm_steps)
     train_data = to_conversational_dataset(load_preferences(dataset if dataset is not None else load_rm_data("train")))
     eval_data = to_conversational_dataset(load_preferences(eval_dataset if eval_dataset is not None
                                                             else load_rm_data("test")))
@@ -268,11 +268,9 @@ def train_reward_model(
         center_rewards_coefficient=center_rewards_coefficient,
     )
     trainer = RewardTrainer(model=model, args=args, train_dataset=train_data, processing_class=tokenizer)
-    if not progress:
-        trainer.remove_callback(PrinterCallback)  # without a progress bar, Trainer prints every log line
-    keep_trainable_fp32(trainer.model)
     start = time.perf_counter()
-    out = train_resumable(trainer, checkpoint_dir, resume)
+    # the score head's logits and the Bradley-Terry loss want fp32: trained weights stay fp32 on every GPU
+    out, history = run_trl_trainer(trainer, profile, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
     seconds = time.perf_counter() - start
 
     model = trainer.model
@@ -280,7 +278,6 @@ def train_reward_model(
                **held_out_metrics(model, tokenizer, eval_data)}
     if out_dir is not None:
         trainer.save_model(out_dir)  # the adapter + score head, and the tokenizer (see the docstring)
-    history = [h for h in trainer.state.log_history if "loss" in h]
     return TrainResult(model, metrics, history)
 
 
@@ -313,7 +310,7 @@ def train_reward_model_scratch(
 ) -> TrainResult:
     """What `RewardTrainer` does, written out: tokenize pairs -> score chosen and rejected ->
     Bradley-Terry loss -> AdamW. Same arguments, defaults and schedule as `train_reward_model`."""
-    steps = steps or profile.rm_steps
+    steps = steps_or_default(steps, profile.rm_steps)
     pairs = to_conversational_dataset(load_preferences(dataset if dataset is not None else load_rm_data("train")))
     eval_data = to_conversational_dataset(load_preferences(eval_dataset if eval_dataset is not None
                                                             else load_rm_data("test")))

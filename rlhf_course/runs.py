@@ -32,7 +32,7 @@ from rlhf_course import checkpoint_io
 from rlhf_course.errors import OutOfMemory, RunError, free_accelerator_memory, memory_advice
 from rlhf_course.loading import ModelLoadError, load_tokenizer
 from rlhf_course.profiles import Profile, pick_profile
-from rlhf_course.sft import checkpoint_step_of, last_checkpoint
+from rlhf_course.training import checkpoint_step_of, last_checkpoint
 
 STAGES = ("sft", "rm", "ppo", "dpo")
 NOT_COMPARED = ("seconds", "train_seconds", "resumed_from_step")  # differ between a resumed and a straight run
