@@ -220,7 +220,7 @@ def train_dpo(profile: Profile, dataset=None, *, model_id: str | None = None, st
                       save_every=save_every)
     trainer = DPOTrainer(model=model, args=args, train_dataset=keep_dpo_columns(dataset or load_dpo_data()),
                          processing_class=tokenizer, peft_config=peft_config)
-    out, history = run_trl_trainer(trainer, profile, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume,
+    out, history = run_trl_trainer(trainer, profile, progress=progress, desc="DPO", checkpoint_dir=checkpoint_dir, resume=resume,
                                    keep_bf16_adapters=True)
     last = history[-1] if history else {}
     metrics = {"train_loss": out.training_loss, **{k: last[k] for k in LOGGED[1:] if k in last}}

@@ -143,7 +143,7 @@ def train_grpo(
         peft_config=peft_config, callbacks=callbacks,
     )
     # the final summary row has no reward: the history is the rows that do
-    out, history = run_trl_trainer(trainer, profile, progress=progress, history_key="reward")
+    out, history = run_trl_trainer(trainer, profile, progress=progress, desc=algorithm.upper(), history_key="reward")
     k = max(1, len(history) // 5)  # average the first and last fifth: one step's mean reward is noisy
     metrics = {
         "reward_first": sum(h["reward"] for h in history[:k]) / k,

@@ -173,6 +173,20 @@ def device_map_for(profile: Profile) -> dict:
     return {"": "cpu"}
 
 
+_loading_lines_off = False
+
+
+@contextmanager
+def without_loading_lines():
+    """No "loading ..." line inside (a job that already said once what it loads, e.g. the pipeline)."""
+    global _loading_lines_off
+    was, _loading_lines_off = _loading_lines_off, True
+    try:
+        yield
+    finally:
+        _loading_lines_off = was
+
+
 def describe_loading(profile: Profile, model_id: str, load_in_4bit: bool, lora: bool) -> str:
     quant = "4-bit NF4 + double quant" if load_in_4bit else DTYPE_NAMES[_weights_dtype(profile)] + " weights"
     adapter = f"LoRA r={profile.lora_r} on {'/'.join(m.replace('_proj', '') for m in profile.lora_target_modules)}_proj" if lora else "no adapter"
@@ -188,7 +202,7 @@ def _load(loader, profile: Profile, model_id: str | None, load_in_4bit: bool | N
     model_id = model_id or profile.model_path
     load_in_4bit = profile.load_in_4bit if load_in_4bit is None else load_in_4bit
     name = TINY_MODEL if model_id == profile.model_path and profile.model_id == TINY_MODEL else model_id
-    if verbose:
+    if verbose and not _loading_lines_off:
         print(describe_loading(profile, name, load_in_4bit, kwargs.pop("_lora_for_message")))
     else:
         kwargs.pop("_lora_for_message")

@@ -16,16 +16,22 @@ import math
 import platform
 import resource
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
+import datasets
 import torch
+from transformers.utils import logging as hf_logging
 
 from rlhf_course import plots, toyworld
 from rlhf_course.best_of_n import best_of_n
 from rlhf_course.dpo import train_dpo
 from rlhf_course.evaluation import EvalResult, Sample, evaluate_policy, win_rate_from_scores
 from rlhf_course.gold import gold_reward_fn, load_judge
-from rlhf_course.loading import free_memory, is_adapter, load_policy, load_tokenizer
+from rlhf_course.loading import (describe_loading, free_memory, is_adapter, load_policy, load_tokenizer,
+                                 without_loading_lines)
 from rlhf_course.ppo import AdapterRewardModel, train_ppo
 from rlhf_course.profiles import Profile, pick_profile
 from rlhf_course.reward_model import train_reward_model
@@ -41,27 +47,54 @@ def peak_rss_gb() -> float:
 
 
 class Stopwatch:
-    """Times named stages: `with clock("sft"): ...`; prints a line as each stage starts and ends."""
+    """Times named stages: `with clock("sft") as stage: ...; stage.note = "loss 0.41"`. With `progress`, each
+    stage ends with one line: its name, its seconds and its note (its trainer shows the one progress bar)."""
 
     def __init__(self, progress: bool):
         self.seconds: dict[str, float] = {}
         self.progress = progress
 
+    @contextmanager
     def __call__(self, name: str):
-        watch = self
+        stage = SimpleNamespace(note="")
+        t0 = time.perf_counter()
+        yield stage
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        if self.progress:
+            print(f"{name.replace('_', ' '):<13}{self.seconds[name]:7.1f} s   {stage.note}", flush=True)
 
-        class _Stage:
-            def __enter__(self):
-                if watch.progress:
-                    print(f"== {name} ...", flush=True)
-                self.t0 = time.perf_counter()
 
-            def __exit__(self, *exc):
-                watch.seconds[name] = watch.seconds.get(name, 0.0) + time.perf_counter() - self.t0
-                if watch.progress and exc[0] is None:
-                    print(f"== {name}: {watch.seconds[name]:.1f}s", flush=True)
+@contextmanager
+def quiet_libraries():
+    """What the libraries print besides our progress bars, off for the run: datasets' and transformers'
+    own bars and log lines, and deprecation warnings raised inside them (peft still asks transformers for
+    `is_gradient_checkpointing`); the ones the course triggers itself are fixed where they happen."""
+    was_datasets = datasets.is_progress_bar_enabled()
+    was_verbosity = hf_logging.get_verbosity()
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            for module in ("transformers", "peft", "trl", "torch", "accelerate"):
+                warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+                warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+            yield
+    finally:
+        hf_logging.set_verbosity(was_verbosity)
+        hf_logging.enable_progress_bar()
+        if was_datasets:
+            datasets.enable_progress_bars()
 
-        return _Stage()
+
+def _gold_note(result: EvalResult) -> str:
+    s = result.summary()
+    parts = [f"gold reward {s['reward']:+.3f}"]
+    if "win_rate" in s:
+        parts.append(f"win rate vs SFT {s['win_rate']:.2f}")
+    if "kl" in s:
+        parts.append(f"KL to SFT {s['kl']:.2f}")
+    return ", ".join(parts)
 
 
 def stage_data(profile: Profile, tokenizer, seed: int) -> dict:
@@ -98,6 +131,13 @@ def run_pipeline(out_dir: str | Path, profile: Profile | str | None = None, *, p
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     profile = profile if isinstance(profile, Profile) else pick_profile(profile)
+    with quiet_libraries(), without_loading_lines():
+        if progress:  # one line for what every stage loads (LoRA adapters on this base, this precision)
+            print(describe_loading(profile, profile.model_id, profile.load_in_4bit, lora=True))
+        return _run(out, profile, progress, seed)
+
+
+def _run(out: Path, profile: Profile, progress: bool, seed: int) -> dict:
     torch.manual_seed(seed)
     clock = Stopwatch(progress)
     t_start = time.perf_counter()
@@ -107,11 +147,10 @@ def run_pipeline(out_dir: str | Path, profile: Profile | str | None = None, *, p
     gold = gold_reward_fn(profile, judge)
     rm_dir = out / "rm"
 
-    def evaluate(model, **kw) -> EvalResult:
-        with clock("evaluation"):
-            return evaluate_policy(model, tokenizer, data["eval_prompts"], n_per_prompt=4 if judge is None else 1,
-                                   max_new_tokens=profile.max_new_tokens, temperature=profile.temperature,
-                                   seed=seed, judge=judge, progress=progress, **kw)
+    def evaluate(model, **kw) -> EvalResult:  # no bar of its own: its seconds go to the stage's line
+        return evaluate_policy(model, tokenizer, data["eval_prompts"], n_per_prompt=4 if judge is None else 1,
+                               max_new_tokens=profile.max_new_tokens, temperature=profile.temperature,
+                               seed=seed, judge=judge, **kw)
 
     def sft_policy():
         """The SFT model, as a PEFT model (on the tiny profile with a fresh, zero adapter: the same outputs)
@@ -121,54 +160,63 @@ def run_pipeline(out_dir: str | Path, profile: Profile | str | None = None, *, p
     results: dict[str, EvalResult] = {}
 
     # 0. the base model, before anything
-    base = load_policy(profile, lora=False, verbose=progress)
-    results["base"] = evaluate(base)
-    del base
-    free_memory()
+    with clock("base") as stage:
+        base = load_policy(profile, lora=False, verbose=progress)
+        results["base"] = evaluate(base)
+        del base
+        free_memory()
+        stage.note = _gold_note(results["base"])
 
     # 1. supervised fine-tuning on demonstrations (LoRA): "the SFT model", where every later stage starts
-    with clock("sft"):
+    with clock("sft") as stage:
         sft = train_sft(profile, data["sft"], progress=progress, seed=seed)
         sft_path = str(save_sft_model(sft.model, tokenizer, out / "sft"))
-    del sft
-    free_memory()
+        stage.note = f"{profile.sft_steps} steps, final loss {sft.history[-1]['loss']:.3f}; saved to {sft_path}"
+        del sft
+        free_memory()
 
     # 2. reward model on the SFT model (Bradley-Terry, TRL's RewardTrainer + LoRA; on 7b its LoRA starts
     #    from the SFT adapter's weights)
-    with clock("reward_model"):
+    with clock("reward_model") as stage:
         rm = train_reward_model(profile, data["rm"], data["rm_eval"], model_id=sft_path, out_dir=str(rm_dir),
                                 progress=progress, seed=seed)
-    rm_metrics = rm.metrics
-    del rm
-    free_memory()
+        rm_metrics = rm.metrics
+        del rm
+        free_memory()
+        bayes = rm_metrics.get("bayes_accuracy")
+        stage.note = f"held-out accuracy {rm_metrics['accuracy']:.3f}" + (f" (Bayes limit {bayes:.3f})" if bayes else "")
 
-    sft_model = sft_policy()
-    results["sft"] = evaluate(sft_model, reward_fn=AdapterRewardModel(sft_model, tokenizer, rm_dir))
-    del sft_model
-    free_memory()
+    with clock("sft_eval") as stage:
+        sft_model = sft_policy()
+        results["sft"] = evaluate(sft_model, reward_fn=AdapterRewardModel(sft_model, tokenizer, rm_dir))
+        del sft_model
+        free_memory()
+        stage.note = _gold_note(results["sft"])
 
     # 3. PPO against the reward model, a second adapter on the policy's base (the gold reward is only
     #    watched, never optimised)
-    with clock("ppo"):
+    with clock("ppo") as stage:
         ppo = train_ppo(profile, model_id=sft_path, reward_model_dir=rm_dir, prompts=data["train_prompts"],
                         monitor_fn=gold, progress=progress, seed=seed)
-    ppo_history = ppo.history
-    results["ppo"] = evaluate(ppo.model, reference="self", reward_fn=AdapterRewardModel(ppo.model, tokenizer, rm_dir),
-                              baseline=results["sft"])
-    del ppo
-    free_memory()
+        ppo_history = ppo.history
+        results["ppo"] = evaluate(ppo.model, reference="self",
+                                  reward_fn=AdapterRewardModel(ppo.model, tokenizer, rm_dir), baseline=results["sft"])
+        del ppo
+        free_memory()
+        stage.note = f"{profile.ppo_steps} iterations; {_gold_note(results['ppo'])}"
 
     # 4. DPO on the same preference pairs the reward model learned from
-    with clock("dpo"):
+    with clock("dpo") as stage:
         dpo = train_dpo(profile, data["dpo"], model_id=sft_path, progress=progress, seed=seed)
-    dpo_history = dpo.history
-    results["dpo"] = evaluate(dpo.model, reference="self", reward_fn=AdapterRewardModel(dpo.model, tokenizer, rm_dir),
-                              baseline=results["sft"])
-    del dpo
-    free_memory()
+        dpo_history = dpo.history
+        results["dpo"] = evaluate(dpo.model, reference="self",
+                                  reward_fn=AdapterRewardModel(dpo.model, tokenizer, rm_dir), baseline=results["sft"])
+        del dpo
+        free_memory()
+        stage.note = f"{profile.dpo_steps} steps; {_gold_note(results['dpo'])}"
 
     # 5. best-of-N with the reward model on the SFT model: no training at all
-    with clock("best_of_n"):
+    with clock("best_of_n") as stage:
         sft_model = sft_policy()
         samples = results["sft"].samples
         picks = best_of_n(sft_model, tokenizer, [s.prompt for s in samples], BEST_OF_N,
@@ -183,6 +231,7 @@ def run_pipeline(out_dir: str | Path, profile: Profile | str | None = None, *, p
         results["best_of_n"] = EvalResult(bon)
         results["best_of_n"].win_rates["win_rate"] = win_rate_from_scores(results["best_of_n"].rewards,
                                                                            results["sft"].rewards)
+        stage.note = _gold_note(results["best_of_n"])
 
     seconds = dict(clock.seconds)
     seconds["total"] = time.perf_counter() - t_start
@@ -217,6 +266,7 @@ def run_pipeline(out_dir: str | Path, profile: Profile | str | None = None, *, p
     write_report(out, report, results, ppo_history, dpo_history)
     if progress:
         print(summary_line(report))
+        print(f"report: {out / 'report.md'} (and report.json, plots)")
     return report
 
 

@@ -270,7 +270,7 @@ def train_reward_model(
     trainer = RewardTrainer(model=model, args=args, train_dataset=train_data, processing_class=tokenizer)
     start = time.perf_counter()
     # the score head's logits and the Bradley-Terry loss want fp32: trained weights stay fp32 on every GPU
-    out, history = run_trl_trainer(trainer, profile, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
+    out, history = run_trl_trainer(trainer, profile, progress=progress, desc="reward model", checkpoint_dir=checkpoint_dir, resume=resume)
     seconds = time.perf_counter() - start
 
     model = trainer.model

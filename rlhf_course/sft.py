@@ -42,7 +42,7 @@ def train_sft(profile: Profile, dataset: datasets.Dataset | None = None, *, step
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset or load_sft_data(),
                          processing_class=tokenizer, peft_config=lora_config(profile))
-    out, history = run_trl_trainer(trainer, profile, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume,
+    out, history = run_trl_trainer(trainer, profile, progress=progress, desc="SFT", checkpoint_dir=checkpoint_dir, resume=resume,
                                    keep_bf16_adapters=True)
     return TrainResult(trainer.model, {"train_loss": out.training_loss}, history)
 

@@ -144,14 +144,24 @@ def train_resumable(trainer, checkpoint_dir=None, resume: bool = False):
 # --- one recipe for every TRL trainer -----------------------------------------------------------
 
 class StageProgress(ProgressCallback):
-    """Trainer's progress bar, with the latest loss on the bar instead of a log dict printed under it."""
+    """Trainer's progress bar, named for its stage, with the latest loss on the bar instead of a log dict
+    printed under it."""
+
+    def __init__(self, desc: str):
+        super().__init__()
+        self.desc = desc
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description(self.desc)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
             self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
 
 
-def run_trl_trainer(trainer, profile: Profile, *, progress: bool, checkpoint_dir=None, resume: bool = False,
+def run_trl_trainer(trainer, profile: Profile, *, progress: bool, desc: str, checkpoint_dir=None, resume: bool = False,
                     keep_bf16_adapters: bool = False, history_key: str = "loss"):
     """Train a TRL trainer the course's way (the numbered details of the module's docstring). Returns
     (Trainer's output, history: the logged rows that hold `history_key`).
@@ -159,7 +169,7 @@ def run_trl_trainer(trainer, profile: Profile, *, progress: bool, checkpoint_dir
     optimizer memory); otherwise, and always on a T4 or a CPU, trained weights are fp32."""
     trainer.remove_callback(PrinterCallback)  # it prints every log dict
     if trainer.pop_callback(ProgressCallback) is not None and progress:
-        trainer.add_callback(StageProgress)
+        trainer.add_callback(StageProgress(desc))
     keep_trainable_fp32(trainer.model, profile if keep_bf16_adapters else None)
     out = train_resumable(trainer, checkpoint_dir, resume)
     return out, [h for h in trainer.state.log_history if history_key in h]
