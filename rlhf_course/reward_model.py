@@ -134,7 +134,9 @@ def score_texts(model, tokenizer, prompts: list, completions: list, batch_size: 
     answer cut at the length limit is scored as if it had ended (see `reward_fn`'s missing_eos_penalty).
     """
     ids = tokenize_conversations(tokenizer, prompts, completions)
-    pad_id = model.config.pad_token_id  # the id the head's "last real token" rule skips (pad_for_reward_model)
+    # the id a sequence classifier's "last real token" rule skips (pad_for_reward_model); any other model: the tokenizer's
+    pad_id = getattr(getattr(model, "config", None), "pad_token_id", None)
+    pad_id = tokenizer.pad_token_id if pad_id is None else pad_id
     was_training = model.training
     model.eval()
     out = []

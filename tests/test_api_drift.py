@@ -76,7 +76,7 @@ RECORDED = {
     "bitsandbytes.functional.QuantState": [],
 
     # accelerate
-    "accelerate.Accelerator": ["cpu"],
+    "accelerate.Accelerator": ["cpu", "mixed_precision"],
     "accelerate.Accelerator.reduce": ["reduction"],
     "accelerate.PartialState": [],
 }
