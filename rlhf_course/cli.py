@@ -156,8 +156,10 @@ def cmd_labels_merge(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from rlhf_course.runs import run_stage
 
+    ppo_config = {name: getattr(args, name) for name in getattr(args, "ppo_fields", ())}
     metrics = run_stage(args.stage, args.out, profile=_profile(args.profile), max_steps=args.max_steps,
-                        resume=args.resume, sft=args.sft, rm=args.rm, save_every=args.save_every, seed=args.seed)
+                        resume=args.resume, sft=args.sft, rm=args.rm, save_every=args.save_every, seed=args.seed,
+                        ppo_config=ppo_config)
     print(json.dumps(metrics, indent=1))
     return 0
 
@@ -181,7 +183,29 @@ def at_least_1(text: str) -> int:
     return value
 
 
-def add_train_and_memory(sub) -> None:
+def add_config_arguments(parser, config_cls, title: str, skip=()) -> list[str]:
+    """Every field of a config dataclass as an option (`--kl-coef 0.1`), with the field's one-line help;
+    an option not given stays None, so the profile's value holds. Returns the fields' names."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(config_cls)
+    group = parser.add_argument_group(title)
+    names = []
+    for f in dataclasses.fields(config_cls):
+        if f.name in skip:
+            continue
+        flag, help_ = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
+        if hints[f.name] is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            group.add_argument(flag, dest=f.name, type=hints[f.name], default=None, metavar=hints[f.name].__name__.upper(),
+                               help=f"{help_} (default: {f.default})".replace("%", "%%"))
+        names.append(f.name)
+    return names
+
+
+def add_train_and_memory(sub, ppo_options: bool = False) -> None:
     p = sub.add_parser("train", help="one stage as a resumable job: DIR/checkpoints, DIR/model, DIR/metrics.json")
     p.add_argument("stage", choices=["sft", "rm", "ppo", "dpo"])
     p.add_argument("--out", required=True, help="the run's folder (in Colab: a Drive folder, to survive the session)")
@@ -193,6 +217,12 @@ def add_train_and_memory(sub) -> None:
     p.add_argument("--save-every", type=at_least_1, help="steps between checkpoints (default: a tenth of the run; PPO: 10)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
+    if ppo_options:  # only when the command is `train`: reading PPOConfig imports torch and peft
+        from rlhf_course.ppo import PPOConfig
+
+        names = add_config_arguments(p, PPOConfig, "PPO settings (train ppo; default: the profile's, its recipe's "
+                                                   "learning rate and kl_coef)", skip=("steps", "seed"))
+        p.set_defaults(ppo_fields=names)
 
     p = sub.add_parser("memory", help="estimated peak GPU memory of the 7b profile, with its breakdown and whether it fits")
     p.add_argument("--model", default="mistral-7b", help="mistral-7b, zephyr-7b, openhermes-2.5, qwen2.5-7b, "
@@ -202,7 +232,7 @@ def add_train_and_memory(sub) -> None:
     p.set_defaults(func=cmd_memory)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf-course", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -260,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_build_standin)
-    add_train_and_memory(sub)
+    add_train_and_memory(sub, ppo_options=bool(argv) and argv[0] == "train")
 
     p = sub.add_parser("labels", help="students' label files (from the notebook's labelling widget)")
     labels = p.add_subparsers(dest="labels_command", required=True)
@@ -275,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from rlhf_course.errors import explain, free_accelerator_memory
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.func(args)
     except Exception as err:  # expected failures (errors.explain knows them): a message, no traceback

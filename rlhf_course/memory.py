@@ -29,7 +29,7 @@ the tiny model in 4-bit); 5 is exact per layer against PyTorch's saved-tensor ho
 7b profile's dtypes (autocast or fp32, LoRA dropout on); the transients in 5-7 are approximations,
 stated where they are made. Sequences are counted at the full `max_length` (an upper bound: real
 batches are padded to their longest pair). Without a GPU here, the ratio estimate/measured peak is
-not recorded: `scripts/measure_memory.py`-style measurements belong on a GPU (see docs/reliability.md).
+not recorded: `rlhf-course gpu-check` measures them on any CUDA GPU (see docs/reliability.md).
 """
 
 from __future__ import annotations

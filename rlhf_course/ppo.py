@@ -30,7 +30,7 @@ import json
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -44,7 +44,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from rlhf_course import checkpoint_io, toyworld
-from rlhf_course.errors import RunError
+from rlhf_course.errors import RunError, UsageError
 from rlhf_course.loading import (active_adapter, add_reference_adapter, is_adapter, load_policy, load_tokenizer,
                                  reference_policy)
 from rlhf_course.profiles import TINY_RECIPE
@@ -55,6 +55,11 @@ from rlhf_course.training import TrainResult
 RewardFn = Callable[[list, list[Completion]], list[float]]
 
 
+def knob(default, help: str):
+    """A config field with its one-line help (read by people, and by `rlhf-course train ppo --help`)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class PPOConfig:
     """PPO's knobs, named as in the papers and in CleanRL / lm-human-preferences. The defaults are the
@@ -62,38 +67,53 @@ class PPOConfig:
     kl_coef from a profile (its recipe), which is what `train_ppo` does."""
 
     # rollout
-    batch_size: int = 32              # prompts (= answers) sampled per iteration, per process
-    max_new_tokens: int = 64          # answers longer than this are cut (and penalised, see missing_eos_penalty)
-    temperature: float = 1.0          # sampling temperature; log-probs use the same one
+    batch_size: int = knob(32, "prompts (= answers) sampled per iteration, per process")
+    max_new_tokens: int = knob(64, "answers longer than this are cut (and penalised, see missing_eos_penalty)")
+    temperature: float = knob(1.0, "sampling temperature; log-probs use the same one")
     # optimisation
-    learning_rate: float = TINY_RECIPE.ppo_learning_rate  # LoRA adapters and value head (tiny: 1e-3 diverges)
-    num_ppo_epochs: int = 2           # passes over each batch of rollouts
-    num_minibatches: int = 2          # minibatches per epoch
-    max_grad_norm: float = 1.0
+    learning_rate: float = knob(TINY_RECIPE.ppo_learning_rate, "LoRA adapters and value head (tiny: 1e-3 diverges)")
+    num_ppo_epochs: int = knob(2, "passes over each batch of rollouts")
+    num_minibatches: int = knob(2, "minibatches per epoch")
+    max_grad_norm: float = knob(1.0, "gradients are clipped to this global norm")
     # PPO losses
-    clip_coef: float = 0.2            # epsilon of the clipped surrogate (PPO Eq. 7)
-    vf_coef: float = 0.1              # weight of the value loss
-    cliprange_value: float = 0.2      # clip of the value update (lm-human-preferences)
-    ent_coef: float = 0.0             # entropy bonus (0: the KL penalty already keeps the policy stochastic)
-    gamma: float = 1.0                # no discounting within an answer
-    gae_lambda: float = 0.95
-    whiten_advantages: bool = True
+    clip_coef: float = knob(0.2, "epsilon of the clipped surrogate (PPO Eq. 7)")
+    vf_coef: float = knob(0.1, "weight of the value loss")
+    cliprange_value: float = knob(0.2, "clip of the value update (lm-human-preferences)")
+    ent_coef: float = knob(0.0, "entropy bonus (0: the KL penalty already keeps the policy stochastic)")
+    gamma: float = knob(1.0, "no discounting within an answer")
+    gae_lambda: float = knob(0.95, "lambda of GAE: 0 is the TD error, 1 the Monte-Carlo return")
+    whiten_advantages: bool = knob(True, "normalise advantages to mean 0, std 1 over the batch's real tokens")
     # KL penalty to the reference
-    kl_coef: float = TINY_RECIPE.ppo_kl_coef  # beta in r_t = -beta * (log pi - log pi_ref)
-    adaptive_kl: bool = False         # Ziegler et al.'s controller drives the KL toward target_kl
-    target_kl: float = 6.0            # nats per answer
-    kl_horizon: int = 10_000          # samples over which the controller adapts
+    kl_coef: float = knob(TINY_RECIPE.ppo_kl_coef, "beta in r_t = -beta * (log pi - log pi_ref)")
+    adaptive_kl: bool = knob(False, "Ziegler et al.'s controller drives the KL toward target_kl")
+    target_kl: float = knob(6.0, "nats per answer")
+    kl_horizon: int = knob(10_000, "samples over which the controller adapts")
     # reward
-    normalize_reward: bool = True     # shift/scale scores to mean 0, std 1 on the initial policy's samples
-    reward_clip: float = 5.0          # clip normalised scores to [-clip, clip]
-    missing_eos_penalty: float = 1.0  # subtracted from the score of an answer that never ended
+    normalize_reward: bool = knob(True, "shift/scale scores to mean 0, std 1 on the initial policy's samples")
+    reward_clip: float = knob(5.0, "clip normalised scores to [-clip, clip]")
+    missing_eos_penalty: float = knob(1.0, "subtracted from the score of an answer that never ended")
     # run
-    steps: int = 100                  # PPO iterations
-    mixed_precision: str = "no"       # "fp16" (a T4) or "bf16": autocast on a GPU, as the profile computes
-    seed: int = 0
+    steps: int = knob(100, "PPO iterations")
+    mixed_precision: str = knob("no", "'fp16' (a T4) or 'bf16': autocast on a GPU, as the profile computes")
+    seed: int = knob(0, "seed of sampling, shuffling and the adapter's initialisation")
 
     def __post_init__(self):
-        assert self.batch_size % self.num_minibatches == 0, "batch_size must divide into num_minibatches"
+        positive = ("batch_size", "max_new_tokens", "temperature", "learning_rate", "num_ppo_epochs", "num_minibatches",
+                    "max_grad_norm", "clip_coef", "target_kl", "kl_horizon", "reward_clip", "steps")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise UsageError(f"PPOConfig.{name} must be above 0, got {getattr(self, name)!r}")
+        for name in ("vf_coef", "cliprange_value", "ent_coef", "kl_coef", "missing_eos_penalty"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"PPOConfig.{name} must be 0 or more, got {getattr(self, name)!r}")
+        for name in ("gamma", "gae_lambda"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UsageError(f"PPOConfig.{name} must be between 0 and 1, got {getattr(self, name)!r}")
+        if self.batch_size % self.num_minibatches:
+            raise UsageError(f"PPOConfig.batch_size ({self.batch_size}) must divide into num_minibatches "
+                             f"({self.num_minibatches})")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise UsageError(f"PPOConfig.mixed_precision is 'no', 'fp16' or 'bf16', not {self.mixed_precision!r}")
         self.minibatch_size = self.batch_size // self.num_minibatches
 
     @classmethod

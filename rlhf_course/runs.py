@@ -38,8 +38,9 @@ STAGES = ("sft", "rm", "ppo", "dpo")
 NOT_COMPARED = ("seconds", "train_seconds", "resumed_from_step")  # differ between a resumed and a straight run
 
 
-def _settings(stage: str, profile: Profile, max_steps, sft, rm, seed: int) -> dict:
-    return {"stage": stage, "profile": profile.name, "max_steps": max_steps, "sft": sft, "rm": rm, "seed": seed}
+def _settings(stage: str, profile: Profile, max_steps, sft, rm, seed: int, ppo_config: dict) -> dict:
+    return {"stage": stage, "profile": profile.name, "max_steps": max_steps, "sft": sft, "rm": rm, "seed": seed,
+            **({"ppo_config": ppo_config} if ppo_config else {})}
 
 
 def checkpoint_step(stage: str, checkpoint_dir: Path) -> int | None:
@@ -111,17 +112,11 @@ def resolve_model(path: str | None, what: str) -> str | None:
 
 
 def _base_model(sft: str | None, stage: str, progress: bool) -> str | None:
-    """The model a stage starts from: the merged SFT model, else the profile's base model."""
-    if sft is None:
-        if progress:
-            print(f"{stage}: no --sft given, starting from the profile's base model "
-                  "(train one first with `rlhf-course train sft --out DIR`)")
-        return None
-    if (Path(sft) / "adapter_config.json").is_file():
-        # a 4-bit SFT run keeps its adapter apart (it cannot be merged into 4-bit weights), as the pipeline does
-        if progress:
-            print(f"{stage}: {sft} is a LoRA adapter on a 4-bit base; starting from the base model")
-        return None
+    """The model a stage starts from: the SFT model (a merged folder, or on a 4-bit base its adapter
+    folder: every loader takes either), else the profile's base model."""
+    if sft is None and progress:
+        print(f"{stage}: no --sft given, starting from the profile's base model "
+              "(train one first with `rlhf-course train sft --out DIR`)")
     return sft
 
 
@@ -182,16 +177,25 @@ def _save(model, tokenizer, folder: Path, merge: bool) -> None:
 
 def run_stage(stage: str, out_dir: str | Path, *, profile: Profile | str | None = None, max_steps: int | None = None,
               resume: bool = False, sft: str | None = None, rm: str | None = None, save_every: int | None = None,
-              seed: int = 0, progress: bool = True) -> dict:
-    """Train one stage into `out_dir` (see the module's docstring); returns the metrics it wrote."""
+              seed: int = 0, progress: bool = True, ppo_config: dict | None = None) -> dict:
+    """Train one stage into `out_dir` (see the module's docstring); returns the metrics it wrote.
+    `ppo_config`: PPOConfig fields to change from the profile's (ppo only)."""
     if stage not in STAGES:
         raise RunError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
+    ppo_config = {k: v for k, v in (ppo_config or {}).items() if v is not None}
+    if ppo_config and stage != "ppo":
+        raise RunError(f"{', '.join('--' + k.replace('_', '-') for k in ppo_config)}: PPO settings, for `train ppo` only")
+
     _positive("max_steps", max_steps)
     _positive("save_every", save_every)
     out = Path(out_dir)
     profile = profile if isinstance(profile, Profile) else pick_profile(profile)
+    if ppo_config:  # a bad value is one line now, not after the models load
+        from rlhf_course.ppo import PPOConfig
+
+        PPOConfig.for_profile(profile, **ppo_config)
     sft, rm = resolve_model(sft, "sft"), resolve_model(rm, "rm")
-    settings = _settings(stage, profile, max_steps, sft, rm, seed)
+    settings = _settings(stage, profile, max_steps, sft, rm, seed, ppo_config)
     resumed_from = _check_folder(out, stage, settings, resume)
     if resume and (out / "metrics.json").is_file():
         if progress:
@@ -202,14 +206,14 @@ def run_stage(stage: str, out_dir: str | Path, *, profile: Profile | str | None 
     checkpoints = out / "checkpoints"
     if stage in ("rm", "ppo", "dpo"):
         base = _base_model(sft, stage, progress)
-    if stage == "ppo" and rm is None and profile.name != "tiny":
+    if stage == "ppo" and rm is None and not profile.has_ground_truth:
         raise RunError("ppo needs a reward model: pass --rm DIR (the --out folder of `rlhf-course train rm`)")
 
     t0 = time.perf_counter()
     failed_oom, disk_full = False, None
     try:
         metrics = _train(stage, out, profile, max_steps, resume, sft if stage == "sft" else base, rm, checkpoints,
-                         save_every, seed, progress)
+                         save_every, seed, progress, ppo_config)
     except torch.cuda.OutOfMemoryError:
         failed_oom = True  # handled below, outside this block, so the failed step's tensors can be freed
     except Exception as err:  # noqa: BLE001 - a full disk becomes a message; anything else is re-raised
@@ -243,34 +247,40 @@ def _safe_step(stage: str, checkpoints: Path) -> int | None:
         return None
 
 
-def _train(stage, out, profile, max_steps, resume, model_id, rm, checkpoints, save_every, seed, progress) -> dict:
+def _train(stage, out, profile, max_steps, resume, model_id, rm, checkpoints, save_every, seed, progress,
+           ppo_config) -> dict:
+    from rlhf_course.trained_models import training_data
+
     tokenizer = load_tokenizer(profile, model_id)
     if stage == "sft":
-        from rlhf_course.sft import train_sft
+        from rlhf_course.sft import save_sft_model, train_sft
 
-        r = train_sft(profile, steps=max_steps, model_id=model_id, checkpoint_dir=checkpoints, resume=resume,
-                      save_every=save_every, progress=progress, seed=seed)
-        _save(r.model, tokenizer, out / "model", merge=not profile.load_in_4bit)
+        r = train_sft(profile, training_data(profile, sft=True), steps=max_steps, model_id=model_id,
+                      checkpoint_dir=checkpoints, resume=resume, save_every=save_every, progress=progress, seed=seed)
+        save_sft_model(r.model, tokenizer, out / "model")  # merged, or the adapter on a 4-bit base
         return {"steps": max_steps or profile.sft_steps, "loss": r.history[-1]["loss"], **r.metrics}
     if stage == "rm":
         from rlhf_course.reward_model import train_reward_model
 
-        r = train_reward_model(profile, model_id=model_id, steps=max_steps, out_dir=str(out / "model"),
+        pairs, held_out = training_data(profile, held_out=True)
+        r = train_reward_model(profile, pairs, held_out, model_id=model_id, steps=max_steps, out_dir=str(out / "model"),
                                checkpoint_dir=checkpoints, resume=resume, save_every=save_every, progress=progress,
                                seed=seed)
         return {"loss": r.history[-1]["loss"], **r.metrics}
     if stage == "dpo":
         from rlhf_course.dpo import train_dpo
 
-        r = train_dpo(profile, model_id=model_id, steps=max_steps, checkpoint_dir=checkpoints, resume=resume,
-                      save_every=save_every, progress=progress, seed=seed)
+        r = train_dpo(profile, training_data(profile), model_id=model_id, steps=max_steps, checkpoint_dir=checkpoints,
+                      resume=resume, save_every=save_every, progress=progress, seed=seed)
         _save(r.model, tokenizer, out / "model", merge=False)
         return {"steps": max_steps or profile.dpo_steps, "loss": r.history[-1]["loss"], **r.metrics}
-    from rlhf_course import toyworld
+    from rlhf_course.evaluation import prompts_for
+    from rlhf_course.gold import gold_reward_fn
     from rlhf_course.ppo import train_ppo
 
-    monitor = toyworld.ground_truth_rewards if (profile.name == "tiny" and rm is not None) else None
+    monitor = gold_reward_fn(profile) if rm is not None else None  # watched, never optimised
     r = train_ppo(profile, model_id=model_id, reward_model_dir=rm, monitor_fn=monitor, steps=max_steps,
-                  checkpoint_dir=checkpoints, resume=resume, save_every=save_every or 10, progress=progress, seed=seed)
+                  prompts=prompts_for(profile, "train"), checkpoint_dir=checkpoints, resume=resume,
+                  save_every=save_every or 10, progress=progress, seed=seed, **ppo_config)
     _save(r.model, tokenizer, out / "model", merge=False)
     return dict(r.metrics)

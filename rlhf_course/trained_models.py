@@ -50,17 +50,22 @@ def length_biased_preferences(n: int = toyworld.N_PREF_TRAIN, seed: int = 2) -> 
     return toyworld.make_preference_pairs(n, seed=seed, labeller=toyworld.Labeller(length_bias=LENGTH_BIAS))
 
 
-def _profile_pairs(profile: Profile, sft: bool = False) -> datasets.Dataset | None:
-    """What the profile trains on: None (the toy world's files) on the tiny profile, else a slice of its
-    real preference set (or its demonstrations, `sft`), within its lengths."""
+def training_data(profile: Profile, sft: bool = False, held_out: bool = False):
+    """What the profile trains on: None (each trainer's default: the toy world's files) on a profile with a
+    ground truth, else a slice of its real preference set (or its demonstrations, `sft`), within its
+    lengths. `held_out`: (pairs, a tenth held out for the reward model's accuracy) - (None, None) on tiny."""
     if profile.has_ground_truth:
-        return None
+        return (None, None) if held_out else None
     from rlhf_course.loading import load_tokenizer
     from rlhf_course.preference_sets import load_preference_set, load_sft_set
 
     load = load_sft_set if sft else load_preference_set
-    return load(profile.preference_set, n=profile.preference_pairs, tokenizer=load_tokenizer(profile),
+    data = load(profile.preference_set, n=profile.preference_pairs, tokenizer=load_tokenizer(profile),
                 max_length=profile.max_length)
+    if not held_out:
+        return data
+    split = data.train_test_split(test_size=0.1, seed=0)
+    return split["train"], split["test"]
 
 
 def sft_model(profile: Profile, progress: bool = False) -> str:
@@ -71,7 +76,7 @@ def sft_model(profile: Profile, progress: bool = False) -> str:
         from rlhf_course.loading import free_memory, load_tokenizer
         from rlhf_course.sft import save_sft_model, train_sft
 
-        result = train_sft(profile, _profile_pairs(profile, sft=True), progress=progress)
+        result = train_sft(profile, training_data(profile, sft=True), progress=progress)
         save_sft_model(result.model, load_tokenizer(profile), path)
         del result
         free_memory()
@@ -91,12 +96,10 @@ def reward_model_dir(profile: Profile, kind: str = "default", progress: bool = F
         from rlhf_course.loading import free_memory
         from rlhf_course.reward_model import train_reward_model
 
-        data = (datasets.Dataset.from_list(length_biased_preferences()) if kind == "length_biased"
-                else _profile_pairs(profile))
-        held_out = None  # the toy world's test pairs
-        if not profile.has_ground_truth:  # a tenth of the real pairs, held out for the accuracy
-            split = data.train_test_split(test_size=0.1, seed=0)
-            data, held_out = split["train"], split["test"]
+        if kind == "length_biased":  # the toy world's test pairs measure it
+            data, held_out = datasets.Dataset.from_list(length_biased_preferences()), None
+        else:
+            data, held_out = training_data(profile, held_out=True)
         result = train_reward_model(profile, data, held_out, model_id=sft_model(profile, progress), out_dir=str(path),
                                     progress=progress)
         del result

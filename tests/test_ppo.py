@@ -4,6 +4,7 @@ import shutil
 import pytest
 import torch
 
+from rlhf_course.errors import UsageError
 from rlhf_course.ppo import (AdaptiveKLController, PPOConfig, compute_gae, compute_rewards, masked_whiten,
                              ppo_policy_loss, ppo_value_loss)
 
@@ -87,7 +88,7 @@ def test_adaptive_kl_controller_moves_toward_the_target():
 
 def test_config_derives_the_minibatch_and_rejects_uneven_splits():
     assert PPOConfig(batch_size=32, num_minibatches=4).minibatch_size == 8
-    with pytest.raises(AssertionError, match="divide"):
+    with pytest.raises(UsageError, match="divide"):
         PPOConfig(batch_size=30, num_minibatches=4)
 
 
