@@ -152,6 +152,12 @@ def _run(out: Path, profile: Profile, progress: bool, seed: int) -> dict:
                                max_new_tokens=profile.max_new_tokens, temperature=profile.temperature,
                                seed=seed, judge=judge, **kw)
 
+    def against_sft(model) -> EvalResult:
+        """A trained policy: its gold reward, the reward model's score (the RM rides on its base), KL to its
+        own reference (the SFT model) and its win rate against the SFT model's answers."""
+        return evaluate(model, reference="self", reward_fn=AdapterRewardModel(model, tokenizer, rm_dir),
+                        baseline=results["sft"])
+
     def sft_policy():
         """The SFT model, as a PEFT model (on the tiny profile with a fresh, zero adapter: the same outputs)
         so that the reward model can ride on its base as a second adapter."""
@@ -199,8 +205,7 @@ def _run(out: Path, profile: Profile, progress: bool, seed: int) -> dict:
         ppo = train_ppo(profile, model_id=sft_path, reward_model_dir=rm_dir, prompts=data["train_prompts"],
                         monitor_fn=gold, progress=progress, seed=seed)
         ppo_history = ppo.history
-        results["ppo"] = evaluate(ppo.model, reference="self",
-                                  reward_fn=AdapterRewardModel(ppo.model, tokenizer, rm_dir), baseline=results["sft"])
+        results["ppo"] = against_sft(ppo.model)
         del ppo
         free_memory()
         stage.note = f"{profile.ppo_steps} iterations; {_gold_note(results['ppo'])}"
@@ -209,8 +214,7 @@ def _run(out: Path, profile: Profile, progress: bool, seed: int) -> dict:
     with clock("dpo") as stage:
         dpo = train_dpo(profile, data["dpo"], model_id=sft_path, progress=progress, seed=seed)
         dpo_history = dpo.history
-        results["dpo"] = evaluate(dpo.model, reference="self",
-                                  reward_fn=AdapterRewardModel(dpo.model, tokenizer, rm_dir), baseline=results["sft"])
+        results["dpo"] = against_sft(dpo.model)
         del dpo
         free_memory()
         stage.note = f"{profile.dpo_steps} steps; {_gold_note(results['dpo'])}"
