@@ -53,15 +53,14 @@ except ImportError:  # a runtime without packaging still has pip's copy
 REPO_URL = "https://github.com/rlhf-course/rlhf-course"
 COLAB_DIR = Path("/content/rlhf-course")
 
-# The oldest version of each course package that the course's tests passed with: Colab's preinstalled
-# versions of 2026-08-19 (googlecolab/backend-info, pip-freeze.gpu.txt), tested as docs/colab.md says.
-# A package Colab does not have (trl, bitsandbytes), or has too old for the others (datasets 4.0.0:
-# trl needs >= 4.7), is tested only at pyproject's pin, so its range is the pin alone.
+# The oldest version of each course package that the course's tests passed with (docs/colab.md says how):
+# Colab's preinstalled versions of 2026-08-19 (googlecolab/backend-info, pip-freeze.gpu.txt), where the
+# tests pass with them. A package Colab does not have (trl, bitsandbytes), or has too old (transformers
+# 5.15.0: its TrainingArguments lack `activation_checkpointing`; tokenizers 0.22.2, which transformers 5.23
+# refuses; datasets 4.0.0, older than trl needs), is tested only at pyproject's pin: its range is the pin.
 TESTED_WITH = {
-    "transformers": "5.15.0",
     "accelerate": "1.14.0",
     "peft": "0.20.0",
-    "tokenizers": "0.22.2",
     "safetensors": "0.8.0",
     "matplotlib": "3.10.0",
     "tqdm": "4.67.3",
@@ -187,10 +186,10 @@ def pip(args: list[str], python: str = sys.executable) -> subprocess.CompletedPr
     return subprocess.run([python, "-m", "pip", *args, "--disable-pip-version-check"], capture_output=True, text=True)
 
 
-def pip_install_args(plan: Plan, constraints: Path, report: Path | None = None) -> list[str]:
-    """`pip install` of the plan's requirements, under the constraints; with `report`, a dry run that only
-    writes pip's installation report there (pip >= 23: `--dry-run --report`)."""
-    args = ["install", "-q", "--progress-bar", "off", "-c", str(constraints), *plan.requirements]
+def pip_install_args(plan: Plan, constraints: Path, report: Path | None = None, extra: list[str] = ()) -> list[str]:
+    """`pip install` of the plan's requirements (and `extra` ones), under the constraints; with `report`, a dry
+    run that only writes pip's installation report there (pip >= 23: `--dry-run --report`)."""
+    args = ["install", "-q", "--progress-bar", "off", "-c", str(constraints), *plan.requirements, *extra]
     if report is not None:
         args += ["--dry-run", "--report", str(report)]
     return args
@@ -213,8 +212,8 @@ class ColabInstall:
     held_in_use: bool = True  # pip succeeded with every imported package held (False: one had to change)
 
     def summary(self) -> str:
-        kept = ", ".join(f"{n} {v}" for n, v in sorted(self.plan.keep.items()))
-        lines = [f"Colab: kept {len(self.plan.keep)} preinstalled packages ({kept})"]
+        kept = {n: v for n, v in sorted(self.plan.keep.items()) if n not in self.changed}
+        lines = [f"Colab: kept {len(kept)} preinstalled packages ({', '.join(f'{n} {v}' for n, v in kept.items())})"]
         if self.plan.install:
             asked = ", ".join(f"{n} ({self.plan.why[n]})" for n in self.plan.install)
             got = ", ".join(f"{n} {old or '-'} -> {new or 'removed'}" for n, (old, new) in sorted(self.changed.items()))
@@ -226,19 +225,27 @@ def install(repo: str | Path, *, dry_run: bool = False, modules=None, python: st
     """Steps 2-3 of the module's docstring in this Python: keep what fits, install the rest under
     constraints. `dry_run`: ask pip what it would do (`--dry-run --report`), change nothing."""
     before = installed_versions()
-    plan = plan_install(pinned_requirements(repo), before)
+    pins = pinned_requirements(repo)
+    plan = plan_install(pins, before)
     result = ColabInstall(plan)
     if not plan.install:
         return result
     in_use = {n: before[n] for n in distributions_in_use(modules) if n in before and n not in plan.install}
-    held = {**in_use, **plan.keep}
+    torch = {"torch": before["torch"]}
+    ranges = colab_ranges(pins)
+    within_range = [f"{n}{ranges[n]}" for n in plan.keep if n != "torch"]
+    attempts = [  # (held at their installed versions, extra requirements); the first that pip resolves is used
+        ({**in_use, **plan.keep}, []),      # a) nothing kept and nothing imported moves
+        ({**in_use, **torch}, within_range),  # b) a kept package may move, within its tested range
+        (torch, within_range),              # c) an imported package may move too: restart after
+    ]
     with tempfile.TemporaryDirectory(prefix="rlhf-course-colab-") as tmp:
-        for attempt, holding in enumerate((held, plan.keep)):
-            constraints = write_constraints(Path(tmp) / "constraints.txt", holding)
+        for attempt, (held, extra) in enumerate(attempts):
+            constraints = write_constraints(Path(tmp) / "constraints.txt", held)
             report = Path(tmp) / "report.json" if dry_run else None
-            done = pip(pip_install_args(plan, constraints, report), python)
+            done = pip(pip_install_args(plan, constraints, report, extra), python)
             if done.returncode == 0:
-                result.held_in_use = attempt == 0
+                result.held_in_use = attempt < 2
                 break
         else:
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-6:])

@@ -27,8 +27,8 @@ from rlhf_course.paths import REPO_ROOT
 PINS = colab.pinned_requirements(REPO_ROOT)
 
 # Colab's preinstalled versions on 2026-08-19 (googlecolab/backend-info, pip-freeze.gpu.txt) of the course's
-# packages and of what they import; trl and bitsandbytes are not preinstalled, datasets 4.0.0 is older than
-# trl needs. torch is the stand-in below (Colab's is a 2.5 GB CUDA build).
+# packages and of what they import; trl and bitsandbytes are not preinstalled, and transformers, tokenizers
+# and datasets are older than the course needs. torch is the stand-in below (Colab's is a 2.5 GB CUDA build).
 COLAB_PREINSTALLED = {
     "transformers": "5.15.0", "accelerate": "1.14.0", "datasets": "4.0.0", "peft": "0.20.0",
     "tokenizers": "0.22.2", "safetensors": "0.8.0", "matplotlib": "3.10.0", "tqdm": "4.67.3",
@@ -63,9 +63,9 @@ def test_plan_keeps_what_is_in_range_and_installs_the_rest():
     installed["tqdm"] = "4.99.0"             # newer than tested
     plan = colab.plan_install(PINS, installed)
     assert plan.keep["torch"] == COLAB_TORCH and plan.keep["ipywidgets"] == "7.7.1"
-    for name in ("transformers", "accelerate", "peft", "tokenizers", "safetensors", "nbformat", "jupytext"):
+    for name in ("accelerate", "peft", "safetensors", "nbformat", "jupytext"):
         assert plan.keep[name] == COLAB_PREINSTALLED[name], name
-    assert set(plan.install) == {"trl", "bitsandbytes", "datasets", "matplotlib", "tqdm"}
+    assert set(plan.install) == {"trl", "bitsandbytes", "datasets", "transformers", "tokenizers", "matplotlib", "tqdm"}
     assert plan.why["trl"] == "missing" and "older" in plan.why["datasets"] and "older" in plan.why["matplotlib"]
     assert "newer" in plan.why["tqdm"]
     assert plan.install["trl"] == f"trl=={pin('trl')}"  # not in Colab: tested at its pin only
@@ -168,9 +168,9 @@ def test_colab_install_keeps_colabs_packages_and_torch(colab_like):
 
     dry = child(python, "dry", in_use)
     kept = set(dry["keep"])
-    assert {"torch", "transformers", "accelerate", "peft", "tokenizers", "safetensors", "matplotlib", "tqdm",
-            "ipywidgets", "nbformat", "jupytext"} <= kept, dry["keep"]
-    assert set(dry["install"]) == {"trl", "bitsandbytes", "datasets"}, dry["install"]
+    assert {"torch", "accelerate", "peft", "safetensors", "matplotlib", "tqdm", "ipywidgets", "nbformat",
+            "jupytext"} <= kept, dry["keep"]
+    assert set(dry["install"]) == {"trl", "bitsandbytes", "datasets", "transformers", "tokenizers"}, dry["install"]
     would = dry["would_install"]
     assert "torch" not in would and not kept & set(would), f"pip would replace kept packages: {would}"
     assert {"matplotlib", "ipywidgets", "tqdm"}.isdisjoint(would)  # in use: held where they are
@@ -182,7 +182,7 @@ def test_colab_install_keeps_colabs_packages_and_torch(colab_like):
     assert not kept & set(done["changed"]) and "torch" not in done["changed"]
     assert {p.name: p.read_bytes() for p in torch_info.iterdir()} == torch_files  # the torch stand-in untouched
     assert "datasets" in done["stale"]  # imported, then replaced: the setup cell restarts the runtime
-    assert {"matplotlib", "ipywidgets", "tqdm", "transformers"}.isdisjoint(done["stale"])
+    assert {"matplotlib", "ipywidgets", "tqdm"}.isdisjoint(done["stale"])
 
     again = child(python, "install", [])  # after the restart: everything in place, nothing to install
     assert again["install"] == {} and again["changed"] == {} and again["stale"] == []
