@@ -263,7 +263,17 @@ def install(repo: str | Path, *, dry_run: bool = False, modules=None, python: st
 
 
 def install_course(repo: str | Path, python: str = sys.executable) -> None:
-    """The course itself, editable and without its dependencies (`install` sees to those)."""
+    """The course itself, editable and without its dependencies (`install` sees to those); skipped when this
+    clone is installed so already, at its version (a second run of the setup cell)."""
+    repo = Path(repo).resolve()
+    version = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["version"]
+    try:
+        dist = metadata.distribution("rlhf-course")
+        url = json.loads(dist.read_text("direct_url.json") or "{}")
+        if url.get("dir_info", {}).get("editable") and url.get("url") == repo.as_uri() and dist.version == version:
+            return
+    except metadata.PackageNotFoundError:
+        pass
     done = pip(["install", "-q", "--no-deps", "-e", str(repo)], python)
     if done.returncode != 0:
         raise ColabSetupError(f"pip install --no-deps -e {repo} failed:\n{done.stderr.strip()[-800:]}")

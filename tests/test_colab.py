@@ -187,3 +187,35 @@ def test_colab_install_keeps_colabs_packages_and_torch(colab_like):
     again = child(python, "install", [])  # after the restart: everything in place, nothing to install
     assert again["install"] == {} and again["changed"] == {} and again["stale"] == []
     assert again["keep"]["ipywidgets"] == "7.7.1" and again["keep"]["trl"] == pin("trl")
+
+
+def test_the_labelling_widget_shows_itself_with_colabs_ipywidgets_7(tmp_path):
+    """ipywidgets 7 (Colab's) has no `_repr_mimebundle_`: the widget sends the view bundle 7's display sends."""
+    import types
+
+    from rlhf_course.labelling import Pair, labelling_widget
+
+    widget = labelling_widget([Pair("how do i cook rice ?", "rinse it .", "no .")], tmp_path / "l.jsonl")
+    widget.box = types.SimpleNamespace(_model_id="abc123")  # a 7.x box: a model id, no _repr_mimebundle_
+    bundle = widget._repr_mimebundle_()
+    assert bundle["application/vnd.jupyter.widget-view+json"] == {"version_major": 2, "version_minor": 0,
+                                                                   "model_id": "abc123"}
+
+
+def test_the_course_is_installed_editable_once(tmp_path, monkeypatch):
+    import shutil
+    import types
+
+    shutil.copy(REPO_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    calls = []
+    monkeypatch.setattr(colab, "pip", lambda args, python=sys.executable: calls.append(args) or
+                        subprocess.CompletedProcess(args, 0, "", ""))
+    colab.install_course(tmp_path)  # another clone than the one installed: installed, without dependencies
+    assert calls == [["install", "-q", "--no-deps", "-e", str(tmp_path.resolve())]]
+
+    url = json.dumps({"url": tmp_path.resolve().as_uri(), "dir_info": {"editable": True}})
+    dist = types.SimpleNamespace(version=colab.tomllib.loads((tmp_path / "pyproject.toml").read_text())["project"]["version"],
+                                 read_text=lambda name: url if name == "direct_url.json" else None)
+    monkeypatch.setattr(colab.metadata, "distribution", lambda name: dist)
+    colab.install_course(tmp_path)  # the setup cell run again: already so
+    assert len(calls) == 1
