@@ -277,7 +277,8 @@ def write_report(out: Path, report: dict, results: dict, ppo_history: list, dpo_
         "ppo_training.png": lambda p: plots.plot_training_curves(
             ppo_history, [k for k in ("reward/score", "reward/monitor", "objective/kl", "policy/entropy",
                                       "policy/clipfrac", "loss/value") if k in ppo_history[0]],
-            title="PPO", smooth=0.6, path=p),
+            title=f"PPO, {len(ppo_history)} iterations against the reward model ({label} watched, not optimised)",
+            smooth=0.9, path=p),
         "dpo_rewards.png": lambda p: plots.plot_dpo_rewards(dpo_history, path=p),
         "reward_vs_kl.png": lambda p: plots.plot_reward_vs_kl(
             {"SFT": (0.0, report["reward"]["sft"]), "PPO": (report["kl_to_sft"]["ppo"], report["reward"]["ppo"]),

@@ -183,7 +183,7 @@ def plot_reward_hacking(curve: list[dict] | dict[str, list[dict]], title: str = 
 def plot_reward_vs_kl(runs: dict[str, list[tuple[float, float]] | tuple[float, float]] | list[tuple[float, float]]
                       | None = None, title: str = "Reward vs KL: the RLHF frontier", best: float | None = None,
                       path: str | Path | None = None, *, trajectories: dict[str, list[tuple[float, float]]] | None = None,
-                      smooth: float = 0.8, best_of_n: dict[int, float] | None = None,
+                      smooth: float = 0.9, best_of_n: dict[int, float] | None = None,
                       ylabel: str = REWARD_LABEL) -> Figure:
     """Mean reward against KL to the reference. Up and to the left is better: more reward for less drift.
 
@@ -205,8 +205,9 @@ def plot_reward_vs_kl(runs: dict[str, list[tuple[float, float]] | tuple[float, f
         ax.plot(kl, [best_of_n[n] for n in ns], color="0.45", ls="--", marker="s", ms=4, zorder=2,
                 label="best-of-n (KL = log n − (n−1)/n)")
         for n, x in zip(ns, kl):
-            ax.annotate(f"n={n}", (x, best_of_n[n]), xytext=(4, -11), textcoords="offset points",
-                        fontsize="x-small", color="0.35")
+            if n & (n - 1) == 0:  # n = 1, 2, 4, 8, ...: enough to read the scale, few enough not to crowd
+                ax.annotate(f"n={n}", (x, best_of_n[n]), xytext=(4, -10), textcoords="offset points",
+                            fontsize="x-small", color="0.3")
     for j, (name, points) in enumerate((trajectories or {}).items()):
         kl, reward = (list(v) for v in zip(*points))
         steps = list(range(1, len(points) + 1))
@@ -225,14 +226,15 @@ def plot_reward_vs_kl(runs: dict[str, list[tuple[float, float]] | tuple[float, f
         ax.plot(kl, reward, color=f"C{i}", marker="*" if single else "o", ms=13 if single else 5,
                 mec="white" if single else None, ls="none" if single else "-", label=name, zorder=4)
         if single:
-            ax.annotate(f"{name}  {reward[0]:.2f}", (kl[0], reward[0]), xytext=(8, 4), textcoords="offset points",
-                        fontsize="small", color=f"C{i}", fontweight="bold")
+            ax.annotate(f"{name}  {reward[0]:.2f}", (kl[0], reward[0]), xytext=(8, -12), textcoords="offset points",
+                        fontsize="small", color=f"C{i}", fontweight="bold", zorder=5,
+                        bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
     if best is not None:
         ax.axhline(best, color="gray", ls=":", label=f"best possible ({best:.2f})")
     ax.autoscale_view()
     ax.set(title=title, xlabel=KL_LABEL, ylabel=ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+    ax.legend(fontsize="small", loc="upper left")  # up and to the left is where no policy gets: room to spare
     return _finish(fig, path)
 
 
