@@ -43,12 +43,12 @@ try:
     from packaging.requirements import Requirement
     from packaging.specifiers import SpecifierSet
     from packaging.utils import canonicalize_name
-    from packaging.version import Version
+    from packaging.version import InvalidVersion, Version
 except ImportError:  # a runtime without packaging still has pip's copy
     from pip._vendor.packaging.requirements import Requirement
     from pip._vendor.packaging.specifiers import SpecifierSet
     from pip._vendor.packaging.utils import canonicalize_name
-    from pip._vendor.packaging.version import Version
+    from pip._vendor.packaging.version import InvalidVersion, Version
 
 REPO_URL = "https://github.com/rlhf-course/rlhf-course"
 COLAB_DIR = Path("/content/rlhf-course")
@@ -196,8 +196,16 @@ def pip_install_args(plan: Plan, constraints: Path, report: Path | None = None, 
 
 
 def write_constraints(path: Path, held: dict[str, str]) -> Path:
-    """A pip constraints file holding each named distribution at its version."""
-    path.write_text("".join(f"{name}=={version}\n" for name, version in sorted(held.items())))
+    """A pip constraints file holding each named distribution at its version (a version that is not PEP 440,
+    which pip would refuse to read, is left out: such a package is not one pip would pick anyway)."""
+    lines = []
+    for name, version in sorted(held.items()):
+        try:
+            Version(version)
+        except InvalidVersion:
+            continue
+        lines.append(f"{name}=={version}\n")
+    path.write_text("".join(lines))
     return path
 
 

@@ -219,3 +219,8 @@ def test_the_course_is_installed_editable_once(tmp_path, monkeypatch):
     monkeypatch.setattr(colab.metadata, "distribution", lambda name: dist)
     colab.install_course(tmp_path)  # the setup cell run again: already so
     assert len(calls) == 1
+
+
+def test_constraints_hold_versions_pip_can_read(tmp_path):
+    path = colab.write_constraints(tmp_path / "c.txt", {"torch": "2.11.0+cu128", "odd": "2004d", "ipywidgets": "7.7.1"})
+    assert path.read_text() == "ipywidgets==7.7.1\ntorch==2.11.0+cu128\n"
