@@ -196,11 +196,12 @@ def add_config_arguments(parser, config_cls, title: str, skip=()) -> list[str]:
         if f.name in skip:
             continue
         flag, help_ = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
-        if hints[f.name] is bool:
+        kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])  # X | None -> X
+        if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
-            group.add_argument(flag, dest=f.name, type=hints[f.name], default=None, metavar=hints[f.name].__name__.upper(),
-                               help=f"{help_} (default: {f.default})".replace("%", "%%"))
+            group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=kind.__name__.upper(),
+                               help=(help_ if f.default is None else f"{help_} (default: {f.default})").replace("%", "%%"))
         names.append(f.name)
     return names
 

@@ -81,19 +81,22 @@ CELL_TIMEOUT_S = 600  # a cell that runs longer is stuck: the notebooks' budget 
 # In a master, the shared setup cell is one code cell of this line; the generator puts SETUP_CELL there.
 SETUP_LINE = "# SETUP CELL (inserted by rlhf_course.exercises)"
 
-# The first code cell of every notebook: a no-op locally; in Colab it installs the course from the
-# repository without touching Colab's CUDA torch (the package asks for torch>=2.4, which it has).
+# The first code cell of every notebook: a no-op locally; in Colab it fetches the course and installs only what
+# Colab lacks, keeping its torch, its ipywidgets and every preinstalled package in a tested range (rlhf_course.colab).
 SETUP_CELL = '''\
-# Setup - runs as is locally and in Colab (in Colab: installs the course, keeps Colab's own torch).
+# Setup - runs as is locally and in Colab (in Colab: adds what Colab lacks, keeps its torch and its widgets).
+import os
 import sys
 
 if "google.colab" in sys.modules:
     import subprocess
-    subprocess.run(["git", "clone", "-q", "--depth", "1", "https://github.com/rlhf-course/rlhf-course",
-                    "/content/rlhf-course"], check=False)  # already there: keep it
-    subprocess.run(["git", "-C", "/content/rlhf-course", "pull", "-q"], check=False)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/rlhf-course"], check=True)
-    sys.path.insert(0, "/content/rlhf-course")
+    if not os.path.isdir("/content/rlhf-course"):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "https://github.com/rlhf-course/rlhf-course",
+                        "/content/rlhf-course"], check=True)
+    if "/content/rlhf-course" not in sys.path:
+        sys.path.insert(0, "/content/rlhf-course")
+    from rlhf_course.colab import setup_colab
+    setup_colab()  # says what it kept and installed; restarts the runtime if a package in use had to change
 
 import rlhf_course
 from rlhf_course.errors import install_notebook_handler

@@ -525,7 +525,11 @@ class LabellingWidget:
         self.refresh()
 
     def _repr_mimebundle_(self, **kwargs):  # `display(widget)` shows the box
-        return self.box._repr_mimebundle_(**kwargs)
+        if hasattr(self.box, "_repr_mimebundle_"):  # ipywidgets 8
+            return self.box._repr_mimebundle_(**kwargs)
+        # ipywidgets 7 (Colab's: its widget manager renders 7, not 8): the view that 7's display sends
+        return {"text/plain": repr(self.box), "application/vnd.jupyter.widget-view+json":
+                {"version_major": 2, "version_minor": 0, "model_id": self.box._model_id}}
 
     def refresh(self) -> None:
         pair, (done, total) = self.session.current, self.session.progress

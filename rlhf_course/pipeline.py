@@ -28,7 +28,7 @@ from transformers.utils import logging as hf_logging
 from rlhf_course import plots, toyworld
 from rlhf_course.best_of_n import best_of_n
 from rlhf_course.dpo import train_dpo
-from rlhf_course.evaluation import EvalResult, Sample, evaluate_policy, win_rate_from_scores
+from rlhf_course.evaluation import EvalResult, Sample, best_possible_reward, evaluate_policy, win_rate_from_scores
 from rlhf_course.gold import gold_reward_fn, load_judge
 from rlhf_course.loading import (describe_loading, free_memory, is_adapter, load_policy, load_tokenizer,
                                  without_loading_lines)
@@ -298,6 +298,26 @@ def summary_line(report: dict) -> str:
             f"{report['seconds']['total']:.0f}s, {report['peak_rss_gb']:.2f} GB")
 
 
+def best_of_n_frontier(results: dict[str, EvalResult]) -> dict[int, float]:
+    """{n: mean gold reward of the reward model's pick among n answers of the SFT model}. n = 1 .. k from the
+    SFT evaluation's k answers per prompt, without bias (of the C(k, n) subsets, the answer ranked i-th
+    lowest by the reward model is the pick in C(i-1, n-1), as in `best_of_n.expected_best_of_k`); n = BEST_OF_N
+    from the best-of-N stage."""
+    groups: dict[str, list[Sample]] = {}
+    for sample in results["sft"].samples:
+        groups.setdefault(json.dumps(sample.prompt, sort_keys=True), []).append(sample)
+    k = min(len(g) for g in groups.values())
+    frontier = {}
+    for n in range(1, k + 1):
+        picks = []
+        for group in groups.values():
+            ranked = sorted(group[:k], key=lambda s: s.rm_score)
+            picks.append(sum(math.comb(i - 1, n - 1) * ranked[i - 1].reward for i in range(n, k + 1)) / math.comb(k, n))
+        frontier[n] = sum(picks) / len(picks)
+    frontier[BEST_OF_N] = sum(results["best_of_n"].rewards) / len(results["best_of_n"].rewards)
+    return frontier
+
+
 def write_report(out: Path, report: dict, results: dict, ppo_history: list, dpo_history: list) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     exact = report["gold"] == "ground truth"  # the toy world's best possible reward is known
@@ -311,12 +331,16 @@ def write_report(out: Path, report: dict, results: dict, ppo_history: list, dpo_
         "ppo_training.png": lambda p: plots.plot_training_curves(
             ppo_history, [k for k in ("reward/score", "reward/monitor", "objective/kl", "policy/entropy",
                                       "policy/clipfrac", "loss/value") if k in ppo_history[0]],
-            title="PPO", smooth=0.6, path=p),
+            title=f"PPO, {len(ppo_history)} iterations against the reward model ({label} watched, not optimised)",
+            smooth=0.9, path=p),
         "dpo_rewards.png": lambda p: plots.plot_dpo_rewards(dpo_history, path=p),
         "reward_vs_kl.png": lambda p: plots.plot_reward_vs_kl(
-            {"PPO (during training)": [(h["objective/kl"], h["reward/monitor"]) for h in ppo_history],
-             "PPO": (report["kl_to_sft"]["ppo"], report["reward"]["ppo"]),
-             "DPO": (report["kl_to_sft"]["dpo"], report["reward"]["dpo"])}, path=p),
+            {"SFT": (0.0, report["reward"]["sft"]), "PPO": (report["kl_to_sft"]["ppo"], report["reward"]["ppo"]),
+             "DPO": (report["kl_to_sft"]["dpo"], report["reward"]["dpo"])},
+            trajectories={"PPO, training batches": [(h["objective/kl"], h["reward/monitor"]) for h in ppo_history]},
+            best_of_n=best_of_n_frontier(results), ylabel=f"{label} (mean per answer)",
+            best=best_possible_reward() if exact else None, path=p,
+            title=f"{label.capitalize()} vs KL to the SFT model (held-out prompts)"),
     }
     made = [name for name, draw in figures.items() if draw(out / name) is not None]
     r, w, k, n = report["reward"], report["win_rate_vs_sft"], report["kl_to_sft"], report["length"]

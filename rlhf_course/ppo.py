@@ -43,7 +43,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from rlhf_course import checkpoint_io, toyworld
+from rlhf_course import checkpoint_io, toyworld, tracking
 from rlhf_course.errors import RunError, UsageError
 from rlhf_course.loading import (active_adapter, add_reference_adapter, is_adapter, load_policy, load_tokenizer,
                                  reference_policy)
@@ -96,6 +96,7 @@ class PPOConfig:
     steps: int = knob(100, "PPO iterations")
     mixed_precision: str = knob("no", "'fp16' (a T4) or 'bf16': autocast on a GPU, as the profile computes")
     seed: int = knob(0, "seed of sampling, shuffling and the adapter's initialisation")
+    report_to: str | None = knob(None, "'tensorboard' or 'trackio': the curves there too (None: $RLHF_COURSE_REPORT_TO)")
 
     def __post_init__(self):
         positive = ("batch_size", "max_new_tokens", "temperature", "learning_rate", "num_ppo_epochs", "num_minibatches",
@@ -442,11 +443,17 @@ class PPOTrainer:
         steps = steps if steps is not None else self.cfg.steps
         bar = tqdm(range(self.step_count, steps), desc="PPO", initial=self.step_count, total=steps,
                    disable=not progress or not self.accelerator.is_main_process)
-        for _ in bar:
-            s = self.step()
-            bar.set_postfix({"score": f"{s['reward/score']:.2f}", "kl": f"{s['objective/kl']:.2f}"})
-            if checkpoint_dir is not None and (self.step_count % save_every == 0 or self.step_count == steps):
-                self.save_checkpoint(checkpoint_dir)
+        choice = tracking.report_to(self.cfg.report_to) if self.accelerator.is_main_process else "none"
+        curves = tracking.CurveLogger(choice, tracking.run_name("ppo"), asdict(self.cfg))
+        try:
+            for _ in bar:
+                s = self.step()
+                curves.log(s)  # TensorBoard/trackio when asked (TRL's report_to); `history` always
+                bar.set_postfix({"score": f"{s['reward/score']:.2f}", "kl": f"{s['objective/kl']:.2f}"})
+                if checkpoint_dir is not None and (self.step_count % save_every == 0 or self.step_count == steps):
+                    self.save_checkpoint(checkpoint_dir)
+        finally:
+            curves.close()
         last = self.history[-1]
         metrics = {"reward": last["reward/score"], "kl": last["objective/kl"], "steps": self.step_count}
         if "reward/monitor" in last:
@@ -548,6 +555,7 @@ def train_ppo(profile, *, model_id: str | None = None, reward_model_dir: str | P
         raise RunError(f"{checkpoint_dir} holds the checkpoint of another run: pass resume=True (--resume) to "
                        "continue it, or choose another checkpoint folder")  # before any model loads
     cfg = config or PPOConfig.for_profile(profile, **config_changes)
+    tracking.report_to(cfg.report_to)  # a missing TensorBoard/trackio says so before any model loads
     torch.manual_seed(cfg.seed)  # the LoRA adapter's initialisation is random too
     tokenizer = load_tokenizer(profile, model_id)
     policy = load_policy(profile, model_id=model_id, load_in_4bit=load_in_4bit)

@@ -11,6 +11,7 @@ and `run_trl_trainer`, the one recipe that runs a TRL trainer the course's way:
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import datasets
 from transformers import PrinterCallback, ProgressCallback
 from transformers.utils import logging as hf_logging
 
+from rlhf_course import tracking
 from rlhf_course.checkpoint_io import trainer_checkpoint_problem
 from rlhf_course.errors import RunError, UsageError
 from rlhf_course.loading import keep_trainable_fp32
@@ -45,11 +47,19 @@ class TrainResult:
 
 
 def trl_common_args(profile: Profile, steps: int, out_dir: str | None, progress: bool, seed: int = 0, *,
-                    checkpoint_dir: str | Path | None = None, save_every: int | None = None) -> dict:
+                    checkpoint_dir: str | Path | None = None, save_every: int | None = None,
+                    report_to: str | None = None) -> dict:
     """The TrainingArguments every TRL trainer here shares; the profile decides precision and batch.
-    With `checkpoint_dir`, Trainer writes `checkpoint-N/` folders there (see `checkpoint_args`)."""
+    With `checkpoint_dir`, Trainer writes `checkpoint-N/` folders there (see `checkpoint_args`).
+    report_to: "tensorboard" or "trackio" for the curves too (default: $RLHF_COURSE_REPORT_TO, else none;
+    see `tracking`). TensorBoard's files go to tracking.log_dir(run name): Trainer takes that folder from
+    $TENSORBOARD_LOGGING_DIR, which is set here for the trainer about to be built."""
     on_gpu = profile.device == "cuda"
     logging_steps = max(1, steps // 20)
+    choice = tracking.report_to(report_to)
+    name = tracking.run_name(Path(out_dir).name if out_dir else "trl")
+    if choice == "tensorboard":
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(tracking.log_dir(name))
     return dict(
         output_dir=str(checkpoint_dir or out_dir or tempfile.mkdtemp(prefix="rlhf-course-")),
         max_steps=steps,
@@ -57,7 +67,9 @@ def trl_common_args(profile: Profile, steps: int, out_dir: str | None, progress:
         gradient_accumulation_steps=profile.gradient_accumulation_steps,
         logging_steps=logging_steps,
         **checkpoint_args(checkpoint_dir, save_every, steps, logging_steps),
-        report_to="none",
+        report_to=choice,
+        run_name=name,
+        project=tracking.PROJECT,  # trackio's project (only trackio reads it)
         seed=seed,
         bf16=on_gpu and profile.compute_dtype.is_floating_point and str(profile.compute_dtype) == "torch.bfloat16",
         fp16=on_gpu and str(profile.compute_dtype) == "torch.float16",
