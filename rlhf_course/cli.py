@@ -200,8 +200,9 @@ def add_config_arguments(parser, config_cls, title: str, skip=()) -> list[str]:
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
+            shown = help_ if f.default is None else f"{help_} (default: {f.default})"
             group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=kind.__name__.upper(),
-                               help=(help_ if f.default is None else f"{help_} (default: {f.default})").replace("%", "%%"))
+                               help=shown.replace("%", "%%"))
         names.append(f.name)
     return names
 
