@@ -15,7 +15,7 @@ from trl import SFTConfig, SFTTrainer
 
 from rlhf_course.checkpoint_io import trainer_checkpoint_problem
 from rlhf_course.errors import RunError
-from rlhf_course.loading import keep_trainable_fp32, load_policy, load_tokenizer, lora_config
+from rlhf_course.loading import keep_trainable_fp32, load_tokenizer, policy_for_trainer
 from rlhf_course.paths import data_path
 from rlhf_course.profiles import Profile
 
@@ -135,11 +135,12 @@ def train_sft(profile: Profile, dataset: datasets.Dataset | None = None, *, step
               learning_rate: float | None = None, load_in_4bit: bool | None = None, model_id: str | None = None,
               out_dir: str | None = None, progress: bool = True, seed: int = 0,
               checkpoint_dir: str | Path | None = None, resume: bool = False, save_every: int | None = None) -> TrainResult:
-    """Fine-tune the profile's base model on demonstrations with a LoRA adapter.
+    """Fine-tune the profile's base model on demonstrations with a LoRA adapter (`model_id`: another model,
+    or an adapter folder, e.g. the SFT adapter of a 4-bit base, whose adapter training then continues).
     With `checkpoint_dir` (e.g. a Drive folder in Colab) checkpoints are kept there every `save_every`
     steps, and `resume=True` continues from the last one (see `train_resumable`)."""
     tokenizer = load_tokenizer(profile, model_id)
-    model = load_policy(profile, lora=False, load_in_4bit=load_in_4bit, model_id=model_id)
+    model, peft_config = policy_for_trainer(profile, model_id, load_in_4bit)  # a fresh LoRA, or the folder's own
 
     args = SFTConfig(
         **trl_common_args(profile, steps or profile.sft_steps, out_dir, progress, seed,
@@ -151,7 +152,7 @@ def train_sft(profile: Profile, dataset: datasets.Dataset | None = None, *, step
         completion_only_loss=True,  # learn to answer, not to ask: no loss on the prompt tokens
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset or load_sft_data(),
-                         processing_class=tokenizer, peft_config=lora_config(profile))
+                         processing_class=tokenizer, peft_config=peft_config)
     if not progress:
         trainer.remove_callback(PrinterCallback)  # without a progress bar, Trainer prints every log line
     keep_trainable_fp32(trainer.model, profile)

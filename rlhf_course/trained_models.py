@@ -2,6 +2,7 @@
 
     sft = trained_models.sft_model(profile)                 # a folder: pass it as model_id= anywhere
     rm = trained_models.reward_model_dir(profile)           # a reward model adapter on that SFT model
+    train, held_out = trained_models.preference_split(profile)  # what it learned from, what it is measured on
 
 On the tiny profile they ship in `data/checkpoints/` (a few MB, safetensors), built by exactly the
 code the notebooks teach - `rlhf-course build-checkpoints` rebuilds them (about two minutes):
@@ -63,6 +64,18 @@ def _profile_pairs(profile: Profile, sft: bool = False) -> datasets.Dataset | No
                 max_length=profile.max_length)
 
 
+def preference_split(profile: Profile) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, held_out): the pairs the profile's reward model learns from, and those its accuracy is
+    measured on - the toy world's train and test files, or a slice of the profile's real preference set
+    split 90/10 (the split `reward_model_dir` trains with, so its held-out pairs stay unseen)."""
+    if profile.has_ground_truth:
+        from rlhf_course.reward_model import load_rm_data
+
+        return load_rm_data("train"), load_rm_data("test")
+    split = _profile_pairs(profile).train_test_split(test_size=0.1, seed=0)
+    return split["train"], split["test"]
+
+
 def sft_model(profile: Profile, progress: bool = False) -> str:
     """The folder of the SFT model every later stage starts from, built on first use if missing: a merged
     model on a full-precision base, an adapter folder on a 4-bit one (`sft.save_sft_model`)."""
@@ -91,12 +104,12 @@ def reward_model_dir(profile: Profile, kind: str = "default", progress: bool = F
         from rlhf_course.loading import free_memory
         from rlhf_course.reward_model import train_reward_model
 
-        data = (datasets.Dataset.from_list(length_biased_preferences()) if kind == "length_biased"
-                else _profile_pairs(profile))
-        held_out = None  # the toy world's test pairs
-        if not profile.has_ground_truth:  # a tenth of the real pairs, held out for the accuracy
-            split = data.train_test_split(test_size=0.1, seed=0)
-            data, held_out = split["train"], split["test"]
+        if kind == "length_biased":  # held out: the toy world's test pairs
+            data, held_out = datasets.Dataset.from_list(length_biased_preferences()), None
+        elif profile.has_ground_truth:  # the toy world's files: its train and test pairs
+            data, held_out = None, None
+        else:  # a tenth of the real pairs, held out for the accuracy
+            data, held_out = preference_split(profile)
         result = train_reward_model(profile, data, held_out, model_id=sft_model(profile, progress), out_dir=str(path),
                                     progress=progress)
         del result
