@@ -405,7 +405,9 @@ check_sequence_logprob(sequence_logprob)
 # learning rate is the 7B recipe's (`profile.recipe.pg_learning_rate`), and the run is `profile.ppo_steps`
 # steps of 4 answers, one answer per held-out prompt to evaluate (on a T4, an estimated half a minute
 # per step; plus, the first time, the SFT adapter, which `trained_models.sft_model` trains on the real
-# demonstrations if notebook 3 has not: an estimated 10-30 minutes). One step:
+# demonstrations if notebook 3 has not: an estimated 10-30 minutes). Memory, estimated: one 4-bit base
+# with its adapter, under the PPO plan's 7.0 GiB (`rlhf-course memory --method ppo`), and the judge's
+# 2.4 GB (fp32 on a T4). One step:
 #
 # 1. sample one answer for each of a batch of training prompts (`sampling.sample_ids`, at the profile's
 #    temperature);

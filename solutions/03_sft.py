@@ -23,7 +23,8 @@
 # **Estimated time**: 45-60 minutes to work through. The notebook runs in about two minutes on a
 # laptop CPU with the tiny profile. On the `7b` profile (a T4) it trains a 7B three times (30 steps in
 # section 4, 5 in section 5, the full `profile.sft_steps` in section 7): an estimated 30-60 minutes,
-# not measured yet.
+# not measured yet; at most one 4-bit 7B and the judge in memory at a time (the SFT plan of section 7,
+# 7.6 GiB, plus 2.4 GB for the judge in fp32: about 10 GiB of the T4's 14.7, estimated).
 
 # %%
 # SETUP CELL (inserted by rlhf_course.exercises)

@@ -470,7 +470,8 @@ else:
 # On the `7b` profile the toy world's labeller has nothing to say about free text, so the profile's
 # independent judge (`gold.gold_reward_fn`, a 0.6B reward model) labels the pairs, as a reward-model
 # judge does (`RewardModelJudge`: P(A) = sigmoid(r_A - r_B)), and scores each round on held-out real
-# prompts: two rounds of 64 prompts and `profile.dpo_steps // 2` DPO steps, an estimated 30-60 minutes on
+# prompts: two rounds of 64 prompts and `profile.dpo_steps // 2` DPO steps (memory: the DPO plan's 9.6 GiB
+# plus the judge's 2.4 GB, `rlhf-course memory --method dpo`), an estimated 30-60 minutes on
 # a T4 (not measured). The chat model and its constitutional judge are freed first: the loop loads its own
 # 4-bit model, one at a time.
 

@@ -367,7 +367,8 @@ check_rollout_kl(rollout_kl)
 #
 # On the `7b` profile the same call trains the SFT adapter of notebook 3 against the reward model of
 # notebook 5 (a second adapter on the same 4-bit base), on the real preference set's prompts, and the
-# monitor is the independent judge (`gold.gold_reward_fn`): `profile.ppo_steps` iterations, an estimated
+# monitor is the independent judge (`gold.gold_reward_fn`, 2.4 GB in fp32 beside the 4-bit base and its
+# two adapters: section 9's plan plus the judge, about 9.5 GiB, estimated): `profile.ppo_steps` iterations, an estimated
 # 10-15 minutes on a T4. Every "ground truth" below is then the judge's score.
 
 # %%

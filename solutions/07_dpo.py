@@ -426,7 +426,8 @@ check_ipo_loss(ipo_loss)
 # seen. As in notebook 6: 4 answers per held-out prompt at the profile's temperature, the SFT model being
 # the same weights with the adapter switched off, judged by the toy world's ground truth; KL to the SFT
 # model on DPO's own answers. (On the `7b` profile: one answer per held-out real prompt, judged by the
-# independent judge, `gold.gold_reward_fn`; the SFT model is the frozen "ref" copy of its adapter,
+# independent judge, `gold.gold_reward_fn`, loaded only now: 2.4 GB beside the 4-bit base, after the
+# training's peak of section 9's plan, estimated; the SFT model is the frozen "ref" copy of its adapter,
 # `loading.reference_policy`.)
 
 # %%

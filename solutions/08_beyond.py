@@ -26,7 +26,8 @@
 #
 # **Estimated time**: 35 minutes to work through. The notebook runs in about 1-2 minutes on a laptop CPU
 # (tiny profile). On the `7b` profile (a T4): an estimated 30-60 minutes (512 best-of-N samples, a short
-# rejection-sampling and GRPO run), not measured yet.
+# rejection-sampling and GRPO run), not measured yet; one 4-bit 7B and the judge (2.4 GB) in memory at a
+# time (rejection sampling's SFT: 7.6 GiB, `rlhf-course memory --method sft`, plus the judge; estimated).
 
 # %%
 # SETUP CELL (inserted by rlhf_course.exercises)
