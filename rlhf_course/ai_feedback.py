@@ -27,7 +27,7 @@ import torch
 
 from rlhf_course import toyworld
 from rlhf_course.labelling import Agreement, Label, LabellingSession, Pair, bradley_terry, compare_labels
-from rlhf_course.logprobs import sequence_logprobs
+from rlhf_course.logprobs import token_logprobs
 from rlhf_course.profiles import Profile
 from rlhf_course.sampling import render_prompts
 
@@ -167,11 +167,18 @@ def letter_logprobs(model, tokenizer, questions: list[str], letters: tuple[str, 
         chunk, chunk_masks = rows[i : i + batch_size], masks[i : i + batch_size]
         width = max(map(len, chunk))
         pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in chunk])                 # (b, T) right-padded
-        attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk])   # (b, T)
-        completion_mask = torch.tensor([m + [0] * (width - len(m)) for m in chunk_masks])       # (b, T)
-        out.append(sequence_logprobs(model, input_ids.to(model.device), attention_mask.to(model.device),
-                                     completion_mask.to(model.device)).float().cpu())           # (b,)
+        # left-padded, so every row's letter ends in the last column: only the last few positions need the
+        # vocabulary-sized logits (`logits_to_keep`), which on a long question is most of the work
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in chunk])                 # (b, T)
+        attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk])   # (b, T)
+        completion_mask = torch.tensor([[0] * (width - len(m)) + m for m in chunk_masks])       # (b, T)
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # each row's positions as if unpadded
+        keep = int(completion_mask.sum(dim=1).max()) + 1                # the letters' tokens and the one before
+        device = model.device
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                       position_ids=position_ids.to(device), logits_to_keep=keep).logits   # (b, keep, V)
+        logps = token_logprobs(logits[:, :-1], input_ids[:, 1 - keep:].to(device))          # (b, keep - 1)
+        out.append((logps * completion_mask[:, 1 - keep:].to(device)).sum(dim=1).float().cpu())  # (b,)
     model.train(was_training)
     return torch.cat(out).view(len(questions), len(letters))
 
@@ -205,9 +212,10 @@ class ConstitutionalJudge(Judge):
 
 def make_judge(profile: Profile, *, model=None, tokenizer=None, reward_model=None,
                labeller: toyworld.Labeller | None = None) -> Judge:
-    """The profile's judge: on `tiny`, a reward model judge if `reward_model` is given, else the noisy
-    ground truth; on `7b`, the chat `model` prompted with the constitution."""
-    if profile.name == "tiny":
+    """The profile's judge: with a ground truth (the toy world's tiny model, which cannot read a
+    constitution), a reward model judge if `reward_model` is given, else the noisy ground truth; without
+    (the 7b profile), the chat `model` prompted with the constitution."""
+    if profile.has_ground_truth:
         if reward_model is not None:
             return RewardModelJudge(reward_model, tokenizer)
         return GroundTruthJudge(labeller or toyworld.Labeller(temperature=0.3))

@@ -40,7 +40,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     for prompt, answer in zip(prompts, answers):
         print(f"\nuser:      {prompt}\nassistant: {answer.text}{'' if answer.ended else ' [cut at the length limit]'}")
-        if profile.name == "tiny":
+        if profile.has_ground_truth:
             try:
                 s = toyworld.score(prompt, answer.text, answer.ended)
                 print(f"           ground truth: helpful {s.helpful:+.2f}, harmless {s.harmless:+.2f}")

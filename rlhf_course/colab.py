@@ -27,7 +27,6 @@ before the course's dependencies are installed.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile

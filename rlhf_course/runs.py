@@ -249,7 +249,7 @@ def _safe_step(stage: str, checkpoints: Path) -> int | None:
 
 def _train(stage, out, profile, max_steps, resume, model_id, rm, checkpoints, save_every, seed, progress,
            ppo_config) -> dict:
-    from rlhf_course.trained_models import training_data
+    from rlhf_course.trained_models import preference_split, training_data
 
     tokenizer = load_tokenizer(profile, model_id)
     if stage == "sft":
@@ -262,7 +262,7 @@ def _train(stage, out, profile, max_steps, resume, model_id, rm, checkpoints, sa
     if stage == "rm":
         from rlhf_course.reward_model import train_reward_model
 
-        pairs, held_out = training_data(profile, held_out=True)
+        pairs, held_out = preference_split(profile)
         r = train_reward_model(profile, pairs, held_out, model_id=model_id, steps=max_steps, out_dir=str(out / "model"),
                                checkpoint_dir=checkpoints, resume=resume, save_every=save_every, progress=progress,
                                seed=seed)

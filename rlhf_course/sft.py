@@ -10,7 +10,7 @@ from pathlib import Path
 import datasets
 from trl import SFTConfig, SFTTrainer
 
-from rlhf_course.loading import load_policy, load_tokenizer, lora_config
+from rlhf_course.loading import load_tokenizer, policy_for_trainer
 from rlhf_course.paths import data_path
 from rlhf_course.profiles import Profile
 from rlhf_course.training import TrainResult, run_trl_trainer, steps_or_default, trl_common_args
@@ -26,12 +26,13 @@ def train_sft(profile: Profile, dataset: datasets.Dataset | None = None, *, step
               out_dir: str | None = None, progress: bool = True, seed: int = 0,
               checkpoint_dir: str | Path | None = None, resume: bool = False, save_every: int | None = None) -> TrainResult:
     """Fine-tune the profile's base model on demonstrations with a LoRA adapter (the profile's recipe:
-    `profile.recipe.sft_learning_rate`, `profile.sft_steps`).
+    `profile.recipe.sft_learning_rate`, `profile.sft_steps`). `model_id`: another model, or an adapter
+    folder (e.g. the SFT adapter of a 4-bit base), whose adapter training then continues.
     With `checkpoint_dir` (e.g. a Drive folder in Colab) checkpoints are kept there every `save_every`
     steps, and `resume=True` continues from the last one (see `training.train_resumable`)."""
     steps = steps_or_default(steps, profile.sft_steps)
     tokenizer = load_tokenizer(profile, model_id)
-    model = load_policy(profile, lora=False, load_in_4bit=load_in_4bit, model_id=model_id, verbose=progress)
+    model, peft_config = policy_for_trainer(profile, model_id, load_in_4bit, verbose=progress)  # fresh LoRA, or the folder's
     args = SFTConfig(
         **trl_common_args(profile, steps, out_dir, progress, seed, checkpoint_dir=checkpoint_dir, save_every=save_every),
         learning_rate=learning_rate or profile.recipe.sft_learning_rate,
@@ -41,9 +42,9 @@ def train_sft(profile: Profile, dataset: datasets.Dataset | None = None, *, step
         completion_only_loss=True,  # learn to answer, not to ask: no loss on the prompt tokens
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset or load_sft_data(),
-                         processing_class=tokenizer, peft_config=lora_config(profile))
-    out, history = run_trl_trainer(trainer, profile, progress=progress, desc="SFT", checkpoint_dir=checkpoint_dir, resume=resume,
-                                   keep_bf16_adapters=True)
+                         processing_class=tokenizer, peft_config=peft_config)
+    out, history = run_trl_trainer(trainer, profile, progress=progress, desc="SFT", checkpoint_dir=checkpoint_dir,
+                                   resume=resume, keep_bf16_adapters=True)
     return TrainResult(trainer.model, {"train_loss": out.training_loss}, history)
 
 

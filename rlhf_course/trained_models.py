@@ -2,6 +2,7 @@
 
     sft = trained_models.sft_model(profile)                 # a folder: pass it as model_id= anywhere
     rm = trained_models.reward_model_dir(profile)           # a reward model adapter on that SFT model
+    train, held_out = trained_models.preference_split(profile)  # what it learned from, what it is measured on
 
 On the tiny profile they ship in `data/checkpoints/` (a few MB, safetensors), built by exactly the
 code the notebooks teach - `rlhf-course build-checkpoints` rebuilds them (about two minutes):
@@ -50,21 +51,29 @@ def length_biased_preferences(n: int = toyworld.N_PREF_TRAIN, seed: int = 2) -> 
     return toyworld.make_preference_pairs(n, seed=seed, labeller=toyworld.Labeller(length_bias=LENGTH_BIAS))
 
 
-def training_data(profile: Profile, sft: bool = False, held_out: bool = False):
-    """What the profile trains on: None (each trainer's default: the toy world's files) on a profile with a
-    ground truth, else a slice of its real preference set (or its demonstrations, `sft`), within its
-    lengths. `held_out`: (pairs, a tenth held out for the reward model's accuracy) - (None, None) on tiny."""
+def training_data(profile: Profile, sft: bool = False) -> datasets.Dataset | None:
+    """What the profile's SFT (`sft`) or DPO trains on: None (each trainer's default: the toy world's
+    files) on a profile with a ground truth, else a slice of its real preference set (or its
+    demonstrations), within its lengths."""
     if profile.has_ground_truth:
-        return (None, None) if held_out else None
+        return None
     from rlhf_course.loading import load_tokenizer
     from rlhf_course.preference_sets import load_preference_set, load_sft_set
 
     load = load_sft_set if sft else load_preference_set
-    data = load(profile.preference_set, n=profile.preference_pairs, tokenizer=load_tokenizer(profile),
+    return load(profile.preference_set, n=profile.preference_pairs, tokenizer=load_tokenizer(profile),
                 max_length=profile.max_length)
-    if not held_out:
-        return data
-    split = data.train_test_split(test_size=0.1, seed=0)
+
+
+def preference_split(profile: Profile) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, held_out): the pairs the profile's reward model learns from, and those its accuracy is
+    measured on - the toy world's train and test files, or a slice of the profile's real preference set
+    split 90/10 (the split `reward_model_dir` trains with, so its held-out pairs stay unseen)."""
+    if profile.has_ground_truth:
+        from rlhf_course.reward_model import load_rm_data
+
+        return load_rm_data("train"), load_rm_data("test")
+    split = training_data(profile).train_test_split(test_size=0.1, seed=0)
     return split["train"], split["test"]
 
 
@@ -96,10 +105,12 @@ def reward_model_dir(profile: Profile, kind: str = "default", progress: bool = F
         from rlhf_course.loading import free_memory
         from rlhf_course.reward_model import train_reward_model
 
-        if kind == "length_biased":  # the toy world's test pairs measure it
+        if kind == "length_biased":  # held out: the toy world's test pairs
             data, held_out = datasets.Dataset.from_list(length_biased_preferences()), None
-        else:
-            data, held_out = training_data(profile, held_out=True)
+        elif profile.has_ground_truth:  # the toy world's files: its train and test pairs
+            data, held_out = None, None
+        else:  # a tenth of the real pairs, held out for the accuracy
+            data, held_out = preference_split(profile)
         result = train_reward_model(profile, data, held_out, model_id=sft_model(profile, progress), out_dir=str(path),
                                     progress=progress)
         del result

@@ -34,7 +34,8 @@ from transformers.utils import logging as hf_logging
 
 from rlhf_course import doctor, memory, plots, sampling, toyworld
 from rlhf_course.evaluation import best_possible_reward
-from rlhf_course.loading import load_policy, load_tokenizer
+from rlhf_course.gold import gold_reward_fn
+from rlhf_course.loading import free_memory, load_policy, load_tokenizer
 from rlhf_course.paths import data_path
 from rlhf_course.preferences import load_preferences
 from rlhf_course.profiles import Hardware
@@ -342,13 +343,25 @@ print(memory.plan_table())
 print()
 print(memory.plan("mistral-7b", "sft", "t4").table())
 
+# %% [markdown]
+# On the `7b` profile the cell below loads the 7B chat model, asks it the toy world's first question,
+# and scores its reply. The toy world's ground truth only knows the tiny model's sentence bank, so free
+# text is scored by the profile's **judge** (`gold.gold_reward_fn(profile)`): Skywork-Reward-V2-Qwen3-0.6B,
+# an independent reward model (Apache-2.0, about 2.4 GB in fp32 beside the 4-bit base on a T4). Then both
+# are freed: a T4 holds one 4-bit 7B at a time, and every later notebook loads its own.
+
 # %%
-if profile.name == "7b":
+if not profile.has_ground_truth:  # the 7b profile: a real chat model, scored by the independent judge
+    judge = gold_reward_fn(profile)
     big_tokenizer, big_model = load_tokenizer(profile), load_policy(profile, lora=False)
     reply = sampling.generate(big_model, big_tokenizer, ["how do i cook rice ?"], profile.max_new_tokens,
                               temperature=profile.temperature, seed=0)[0]
     print(reply.text)
-    print(f"GPU memory in use: {torch.cuda.memory_allocated() / 2**30:.1f} GiB")
+    print(f"the judge's score of this reply: {judge(['how do i cook rice ?'], [reply])[0]:+.2f}")
+    if profile.device == "cuda":
+        print(f"GPU memory in use: {torch.cuda.memory_allocated() / 2**30:.1f} GiB")
+    del big_model, judge  # every name that holds a model
+    free_memory()
 else:
     print("tiny profile: skipped loading the 7B model (run this notebook on a Colab T4 to see it)")
 

@@ -33,14 +33,15 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging as hf_logging
 
-from rlhf_course import toyworld, trained_models
+from rlhf_course import trained_models
 from rlhf_course.checks.nb02_policy_gradients import (check_compute_gae, check_masked_whiten, check_reinforce_loss,
                                                       check_sequence_logprob)
-from rlhf_course.evaluation import evaluate_policy
+from rlhf_course.evaluation import evaluate_policy, prompts_for
+from rlhf_course.gold import gold_reward_fn
 from rlhf_course.loading import load_policy, load_tokenizer
 from rlhf_course.logprobs import completion_logprobs
 from rlhf_course.plots import plot_training_curves
-from rlhf_course.sampling import answer_mask, decode_responses, sample_ids
+from rlhf_course.sampling import answer_mask, decode_responses, prompt_mask, sample_ids
 
 # %%
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not our business here
@@ -398,7 +399,15 @@ check_sequence_logprob(sequence_logprob)
 #
 # Now the real thing, at toy scale. The policy is the course's SFT model (notebook 3 trains it) with a
 # fresh LoRA adapter, the reward is the toy world's ground truth (`toyworld.ground_truth_rewards`; in
-# RLHF a learned reward model takes its place, notebook 5). One step:
+# RLHF a learned reward model takes its place, notebook 5). On the `7b` profile there is no ground truth
+# for free text: the reward is the independent judge (`gold.gold_reward_fn(profile)`, a 0.6B reward model
+# loaded beside the 4-bit base), the prompts are the real preference set's (`evaluation.prompts_for`), the
+# learning rate is the 7B recipe's (`profile.recipe.pg_learning_rate`), and the run is `profile.ppo_steps`
+# steps of 4 answers, one answer per held-out prompt to evaluate (on a T4, an estimated half a minute
+# per step; plus, the first time, the SFT adapter, which `trained_models.sft_model` trains on the real
+# demonstrations if notebook 3 has not: an estimated 10-30 minutes). Memory, estimated: one 4-bit base
+# with its adapter, under the PPO plan's 7.0 GiB (`rlhf-course memory --method ppo`), and the judge's
+# 2.4 GB (fp32 on a T4). One step:
 #
 # 1. sample one answer for each of a batch of training prompts (`sampling.sample_ids`, at the profile's
 #    temperature);
@@ -412,19 +421,24 @@ check_sequence_logprob(sequence_logprob)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-sft_path = trained_models.sft_model(profile)   # the course's SFT model (a 7B chat model on the 7b profile)
+gold = gold_reward_fn(profile)                 # the toy world's ground truth; on the 7b profile, the judge
+GOLD = "ground-truth" if profile.has_ground_truth else "judged"
+EVAL_N = 2 if profile.has_ground_truth else 1  # answers per held-out prompt (a 7B's real prompts: one each)
+sft_path = trained_models.sft_model(profile)   # the course's SFT model (on the 7b profile: the SFT adapter, trained once)
 tokenizer = load_tokenizer(profile, sft_path)
 torch.manual_seed(0)
 policy = load_policy(profile, model_id=sft_path)   # + a fresh LoRA adapter: the only trained weights
-before = evaluate_policy(policy, tokenizer, n_per_prompt=2, temperature=profile.temperature,
-                         max_new_tokens=profile.max_new_tokens)
-print(f"mean ground-truth reward on the held-out prompts before REINFORCE: {before.summary()['reward']:.3f}")
+eval_prompts = None if profile.has_ground_truth else prompts_for(profile, "eval")  # None: the toy world's held-out prompts
+before = evaluate_policy(policy, tokenizer, eval_prompts, n_per_prompt=EVAL_N, temperature=profile.temperature,
+                         max_new_tokens=profile.max_new_tokens, judge=gold)
+print(f"mean {GOLD} reward on the held-out prompts before REINFORCE: {before.summary()['reward']:.3f}")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-STEPS, BATCH, LR = 30, profile.batch_size, 1e-3   # batch: 32 answers per step on the tiny profile, 4 on the 7b
+STEPS = min(30, profile.ppo_steps)                # 30; fewer where a step costs more (the 7b profile: its PPO iterations)
+BATCH, LR = profile.batch_size, profile.recipe.pg_learning_rate  # 32 answers per step on the tiny profile, 4 on the 7b
 optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=LR)
-train_prompts = [p.text for p in toyworld.train_prompts()]
+train_prompts = prompts_for(profile, "train")
 gen = torch.Generator().manual_seed(0)
 history = []
 for step in range(STEPS):
@@ -434,12 +448,12 @@ for step in range(STEPS):
     query, response, ended = sample_ids(policy, tokenizer, prompts, profile.max_new_tokens,
                                         temperature=profile.temperature)
     # 2. reward: one number per answer
-    rewards = torch.tensor(toyworld.ground_truth_rewards(prompts, decode_responses(tokenizer, response, ended)))
+    rewards = torch.tensor(gold(prompts, decode_responses(tokenizer, response, ended)))
     # 3. log pi(answer | prompt), with gradients
     policy.train()
     answer = answer_mask(response, tokenizer.eos_token_id)                        # (B, Tr)
     input_ids = torch.cat([query, response], dim=1)                               # (B, Tq + Tr)
-    attention_mask = torch.cat([(query != tokenizer.pad_token_id).long(), answer], dim=1)
+    attention_mask = torch.cat([prompt_mask(query, tokenizer.pad_token_id), answer], dim=1)  # by position: pad may be eos
     completion = torch.cat([torch.zeros_like(query), answer], dim=1)
     logprobs = completion_logprobs(policy, input_ids.to(policy.device), attention_mask.to(policy.device),
                                    completion.to(policy.device), temperature=profile.temperature).sum(1)  # (B,)
@@ -459,10 +473,10 @@ plot_training_curves(history, ["reward", "answer_tokens"], title="REINFORCE on t
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-after = evaluate_policy(policy, tokenizer, n_per_prompt=2, temperature=profile.temperature,
-                        max_new_tokens=profile.max_new_tokens)
+after = evaluate_policy(policy, tokenizer, eval_prompts, n_per_prompt=EVAL_N, temperature=profile.temperature,
+                        max_new_tokens=profile.max_new_tokens, judge=gold)
 r0, r1 = before.summary()["reward"], after.summary()["reward"]
-print(f"held-out prompts: mean ground-truth reward {r0:.3f} (SFT) -> {r1:.3f} (after {STEPS} REINFORCE steps)")
+print(f"held-out prompts: mean {GOLD} reward {r0:.3f} (SFT) -> {r1:.3f} (after {STEPS} REINFORCE steps)")
 for s in after.samples[:3]:
     print(f"  {s.prompt!r} -> {s.completion.text!r}  reward {s.reward:+.2f}")
 

@@ -21,7 +21,10 @@
 # answer); PyTorch `nn.Linear`.
 #
 # **Estimated time**: 45-60 minutes to work through. The notebook runs in about two minutes on a
-# laptop CPU with the tiny profile; the 7B run at the end (on a GPU only) takes longer.
+# laptop CPU with the tiny profile. On the `7b` profile (a T4) it trains a 7B three times (30 steps in
+# section 4, 5 in section 5, the full `profile.sft_steps` in section 7): an estimated 30-60 minutes,
+# not measured yet; at most one 4-bit 7B and the judge in memory at a time (the SFT plan of section 7,
+# 7.6 GiB, plus 2.4 GB for the judge in fp32: about 10 GiB of the T4's 14.7, estimated).
 
 # %%
 # SETUP CELL (inserted by rlhf_course.exercises)
@@ -33,14 +36,18 @@ import bitsandbytes.functional as bnbf
 import datasets
 import matplotlib.pyplot as plt
 import torch
+from peft import get_peft_model
+from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 from rlhf_course import memory, toyworld, trained_models
 from rlhf_course.checks.nb03_sft import check_completion_labels, check_count_lora_params, check_lora_forward
-from rlhf_course.evaluation import evaluate_policy
-from rlhf_course.loading import load_policy, load_tokenizer
+from rlhf_course.evaluation import evaluate_policy, prompts_for
+from rlhf_course.gold import gold_reward_fn
+from rlhf_course.loading import free_memory, is_adapter, load_policy, load_tokenizer, lora_config
 from rlhf_course.plots import plot_reward_distributions, plot_training_curves
-from rlhf_course.sft import load_sft_data, train_sft
+from rlhf_course.preference_sets import load_sft_set
+from rlhf_course.sft import load_sft_data, save_sft_model, train_sft
 
 # %%
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not our business here
@@ -66,23 +73,31 @@ _ = torch.manual_seed(0)  # the seed for the cells below
 # **reference** that PPO's KL penalty and DPO's loss measure the policy against.
 #
 # The toy world's demonstrations give a task's tips in their natural order. The base model was
-# pretrained on the domain's text (it knows the words) but never learned to answer well:
+# pretrained on the domain's text (it knows the words) but never learned to answer well. (On the `7b`
+# profile: the real preference set's demonstrations, `preference_sets.load_sft_set`, and a chat model
+# that already answers; there is no ground truth for free text, so the profile's judge scores it.)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-demos = load_sft_data()
 tokenizer = load_tokenizer(profile)
+demos = (load_sft_data() if profile.has_ground_truth  # the toy world's demonstrations, else the real set's
+         else load_sft_set(profile.preference_set, n=profile.preference_pairs, tokenizer=tokenizer,
+                           max_length=profile.max_length))
 base = load_policy(profile, lora=False)
 print(f"{len(demos)} demonstrations, e.g.\n  prompt: {demos[0]['prompt'][0]['content']!r}\n"
       f"  answer: {demos[0]['completion'][0]['content']!r}")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-base_eval = evaluate_policy(base, tokenizer, n_per_prompt=2, temperature=profile.temperature,
-                            max_new_tokens=profile.max_new_tokens)
+gold = gold_reward_fn(profile)        # the toy world's ground truth; on the 7b profile, the independent judge
+GOLD = "ground-truth" if profile.has_ground_truth else "judged"
+eval_prompts = None if profile.has_ground_truth else prompts_for(profile, "eval")  # None: the toy world's held-out
+EVAL = dict(n_per_prompt=2 if profile.has_ground_truth else 1, temperature=profile.temperature,
+            max_new_tokens=profile.max_new_tokens, judge=gold)
+base_eval = evaluate_policy(base, tokenizer, eval_prompts, **EVAL)
 for s in base_eval.samples[:6:2]:
     print(f"{s.prompt!r}\n  base model: {s.completion.text!r}  (reward {s.reward:+.2f})")
-print(f"\nbase model, mean ground-truth reward on the held-out prompts: {base_eval.summary()['reward']:.3f}")
+print(f"\nbase model, mean {GOLD} reward on the held-out prompts: {base_eval.summary()['reward']:.3f}")
 
 # %% [markdown]
 # ## 2. The completion-only loss
@@ -253,7 +268,8 @@ def count_lora_params(config, r: int, targets: tuple[str, ...]) -> int:
 check_count_lora_params(count_lora_params)
 
 # %%
-policy = load_policy(profile, verbose=False)          # the profile's model + a fresh LoRA adapter (peft)
+with torch.device("meta"):  # the architecture without its weights: counting loads nothing (and no second 7B)
+    policy = get_peft_model(AutoModelForCausalLM.from_config(base.config), lora_config(profile))  # + LoRA (peft)
 trainable, total = policy.get_nb_trainable_parameters()
 mine = count_lora_params(policy.config, profile.lora_r, profile.lora_target_modules)
 print(f"{profile.name}: LoRA r={profile.lora_r} trains {trainable:,} of {total:,} parameters "
@@ -272,12 +288,17 @@ print(f"Mistral-7B: LoRA r=16 trains {n_lora / 1e6:.1f}M of {n_all / 1e9:.2f}B p
 # `rlhf_course.sft.train_sft` is the whole recipe: TRL's `SFTTrainer` with the completion-only loss, a
 # LoRA adapter from the profile, AdamW with a cosine schedule. The course's SFT model
 # (`trained_models.sft_model(profile)`) is `train_sft(profile)` with its defaults: 200 steps of 32
-# demonstrations. Here we run 30 steps to see the loss fall, and compare with the shipped model.
+# demonstrations. Here we run 30 steps to see the loss fall, and compare with the shipped model. (On the
+# `7b` profile: 30 QLoRA steps of 16 real demonstrations, an estimated 5-10 minutes on a T4; nothing
+# ships for a 7B, section 7 trains the full run.)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-STEPS = 30  # the shipped SFT model had profile.sft_steps (200 on the tiny profile)
-result = train_sft(profile, steps=STEPS, progress=False)
+STEPS = min(30, profile.sft_steps)  # the shipped SFT model had profile.sft_steps (200 on the tiny profile)
+if profile.one_base_at_a_time:  # a T4 holds one 4-bit 7B: the base model goes before train_sft loads its own
+    del base
+    free_memory()
+result = train_sft(profile, demos, steps=STEPS, progress=False)
 print(f"{STEPS} steps: final training loss {result.history[-1]['loss']:.3f} (first logged: {result.history[0]['loss']:.3f})")
 
 # %%
@@ -285,23 +306,28 @@ plot_training_curves(result.history, ["loss", "mean_token_accuracy"], title=f"SF
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-sft_path = trained_models.sft_model(profile)   # 200 steps of train_sft; on the 7b profile the chat model itself
-shipped = base if sft_path == profile.model_path else load_policy(profile, lora=False, model_id=sft_path, verbose=False)
-evals = {"base": base_eval}
-for name, model in ((f"SFT, {STEPS} steps", result.model), ("SFT, shipped", shipped)):
-    evals[name] = evaluate_policy(model, tokenizer, n_per_prompt=2, temperature=profile.temperature,
-                                  max_new_tokens=profile.max_new_tokens)
+evals = {"base": base_eval, f"SFT, {STEPS} steps": evaluate_policy(result.model, tokenizer, eval_prompts, **EVAL)}
+if profile.has_ground_truth:  # the course ships the toy world's SFT model; a 7B's is trained in section 7
+    sft_path = trained_models.sft_model(profile)   # 200 steps of train_sft
+    shipped = load_policy(profile, lora=False, model_id=sft_path, verbose=False)
+    evals["SFT, shipped"] = evaluate_policy(shipped, tokenizer, eval_prompts, **EVAL)
+if profile.one_base_at_a_time:  # its metrics and history stay; its 4-bit model goes before section 5 loads one
+    result.model = None
+    free_memory()
 for name, e in evals.items():
-    print(f"{name:<14} mean ground-truth reward {e.summary()['reward']:+.3f}")
+    print(f"{name:<14} mean {GOLD} reward {e.summary()['reward']:+.3f}")
 
 # %%
-plot_reward_distributions(evals, title="Ground-truth reward per answer on held-out prompts")
+plot_reward_distributions(evals, title=f"{GOLD.capitalize()} reward per answer on held-out prompts")
 
 # %%
 mean_reward = {name: e.summary()["reward"] for name, e in evals.items()}
 print(f"SFT ({STEPS} steps) beats the base model: {mean_reward[f'SFT, {STEPS} steps'] > mean_reward['base']}")
-print(f"the shipped SFT model (longer training) beats the {STEPS}-step run: "
-      f"{mean_reward['SFT, shipped'] > mean_reward[f'SFT, {STEPS} steps']}")
+if profile.has_ground_truth:
+    print(f"the shipped SFT model (longer training) beats the {STEPS}-step run: "
+          f"{mean_reward['SFT, shipped'] > mean_reward[f'SFT, {STEPS} steps']}")
+else:
+    print("no shipped SFT model on this profile: section 7 trains the full run")
 
 # %% [markdown]
 # Thirty steps already lift the reward; the full run lifts it further. The answers look like the
@@ -362,10 +388,13 @@ print(f"q_proj's frozen weight: {type(layer.base_layer).__name__}, stored as {la
       f"with shape {tuple(layer.base_layer.weight.shape)} for a {layer.in_features} -> {layer.out_features} layer")
 print(f"its LoRA factors: A {tuple(layer.lora_A['default'].weight.shape)}, B {tuple(layer.lora_B['default'].weight.shape)}, "
       f"{layer.lora_A['default'].weight.dtype}, trainable: {layer.lora_A['default'].weight.requires_grad}")
-fp32_bytes = base.get_memory_footprint()
 nf4_bytes = qmodel.get_memory_footprint()
-print(f"memory footprint: {fp32_bytes / 2**20:.2f} MiB in fp32, {nf4_bytes / 2**20:.2f} MiB with 4-bit blocks + LoRA")
-print(f"4-bit model + adapter smaller than half the fp32 model: {nf4_bytes < fp32_bytes / 2}")
+if profile.load_in_4bit:  # the profile's own model is 4-bit already: no full-precision copy here to compare
+    print(f"memory footprint: {nf4_bytes / 2**30:.2f} GiB with 4-bit blocks + LoRA (section 7 itemises a 7B's)")
+else:
+    fp32_bytes = base.get_memory_footprint()
+    print(f"memory footprint: {fp32_bytes / 2**20:.2f} MiB in fp32, {nf4_bytes / 2**20:.2f} MiB with 4-bit blocks + LoRA")
+    print(f"4-bit model + adapter smaller than half the fp32 model: {nf4_bytes < fp32_bytes / 2}")
 
 # %% [markdown]
 # Even the tiny model shrinks by more than half, although its embeddings, norms and LoRA adapters stay
@@ -375,10 +404,13 @@ print(f"4-bit model + adapter smaller than half the fp32 model: {nf4_bytes < fp3
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-qlora = train_sft(profile, steps=5, load_in_4bit=True, progress=False)
+del qmodel  # free it before the next model loads (each is a 4-bit copy of the model: about 4.5 GB for a 7B)
+free_memory()
+qlora = train_sft(profile, demos, steps=min(5, profile.sft_steps), load_in_4bit=True, progress=False)
 qlora_losses = [h["loss"] for h in qlora.history]
 print("QLoRA losses:", [round(loss, 3) for loss in qlora_losses])
-del qmodel, qlora  # free their memory (each is a 4-bit copy of the model: about 4.5 GB for a 7B)
+del qlora
+free_memory()
 
 # %%
 print(f"QLoRA trained: {len(qlora_losses)} logged steps, finite losses: "
@@ -399,38 +431,48 @@ print(f"QLoRA trained: {len(qlora_losses)} logged steps, finite losses: "
 #   pretraining-style text rises. InstructGPT mixes pretraining gradients into PPO ("PPO-ptx") to limit
 #   the regressions it caused on public NLP benchmarks; LoRA's small update forgets less than full
 #   fine-tuning, but not nothing.
+#
+# Both are measured on the toy world's held-out demonstrations and its pretraining-style text, which
+# only the tiny model has seen: the `7b` profile skips this section (for a 7B, hold out some of your own
+# demonstrations and a sample of general text, and compare the same losses).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-few = datasets.Dataset.from_list(demos.select(range(8)).to_list())
-texts = {
-    "trained demos (8)": few.to_list(),
-    "held-out demos": toyworld.make_sft_data(48, seed=1, prompts=toyworld.eval_prompts()),
-    "pretraining text": [{"prompt": c[:1], "completion": c[1:]} for c in toyworld.make_pretraining_text(48, seed=5)],
-}
-models = {"base": base, f"SFT, {STEPS} steps": result.model, "SFT, shipped": shipped}
-losses = {m: {t: answer_loss(model, rows) for t, rows in texts.items()} for m, model in models.items()}
-del result, models  # free the 30-step model before the next run
-overfit = train_sft(profile, few, steps=30, progress=False)   # each step sees all 8 demos: 30 epochs
-losses["SFT on 8 demos"] = {t: answer_loss(overfit.model, rows) for t, rows in texts.items()}
-del overfit
-print(f"{'answer loss (nats/token)':<24}" + "".join(f"{t:>20}" for t in texts))
-for m, row in losses.items():
-    print(f"{m:<24}" + "".join(f"{v:>20.3f}" for v in row.values()))
+if profile.has_ground_truth:
+    few = datasets.Dataset.from_list(demos.select(range(8)).to_list())
+    texts = {
+        "trained demos (8)": few.to_list(),
+        "held-out demos": toyworld.make_sft_data(48, seed=1, prompts=toyworld.eval_prompts()),
+        "pretraining text": [{"prompt": c[:1], "completion": c[1:]} for c in toyworld.make_pretraining_text(48, seed=5)],
+    }
+    models = {"base": base, f"SFT, {STEPS} steps": result.model, "SFT, shipped": shipped}
+    losses = {m: {t: answer_loss(model, rows) for t, rows in texts.items()} for m, model in models.items()}
+    del result, models  # free the 30-step model before the next run
+    overfit = train_sft(profile, few, steps=30, progress=False)   # each step sees all 8 demos: 30 epochs
+    losses["SFT on 8 demos"] = {t: answer_loss(overfit.model, rows) for t, rows in texts.items()}
+    del overfit
+    print(f"{'answer loss (nats/token)':<24}" + "".join(f"{t:>20}" for t in texts))
+    for m, row in losses.items():
+        print(f"{m:<24}" + "".join(f"{v:>20.3f}" for v in row.values()))
+else:
+    print("skipped: overfitting and forgetting are measured on the toy world's texts, which only the tiny model knows")
 
 # %%
-fig, ax = plt.subplots(figsize=(8, 3.4))
-width = 0.8 / len(losses)
-for i, (m, row) in enumerate(losses.items()):
-    ax.bar([j + i * width for j in range(len(texts))], list(row.values()), width, label=m)
-ax.set_xticks([j + 0.4 - width / 2 for j in range(len(texts))], list(texts))
-ax.set(ylabel="answer loss (nats per token)", title="Overfitting and forgetting")
-ax.legend(fontsize="small")
-plt.show()
-print(f"overfitting: the 8-demo model's loss on its own demos is below 0.2 and on held-out demos above the "
-      f"base's: {losses['SFT on 8 demos']['trained demos (8)'] < 0.2 and losses['SFT on 8 demos']['held-out demos'] > losses['base']['held-out demos']}")
-print(f"forgetting: the shipped SFT model's loss on pretraining text is higher than the base's: "
-      f"{losses['SFT, shipped']['pretraining text'] > losses['base']['pretraining text']}")
+if profile.has_ground_truth:
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    width = 0.8 / len(losses)
+    for i, (m, row) in enumerate(losses.items()):
+        ax.bar([j + i * width for j in range(len(texts))], list(row.values()), width, label=m)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(texts))], list(texts))
+    ax.set(ylabel="answer loss (nats per token)", title="Overfitting and forgetting")
+    ax.legend(fontsize="small")
+    plt.show()
+    print(f"overfitting: the 8-demo model's loss on its own demos is below 0.2 and on held-out demos above the "
+          f"base's: {losses['SFT on 8 demos']['trained demos (8)'] < 0.2 and losses['SFT on 8 demos']['held-out demos'] > losses['base']['held-out demos']}")
+    print(f"forgetting: the shipped SFT model's loss on pretraining text is higher than the base's: "
+          f"{losses['SFT, shipped']['pretraining text'] > losses['base']['pretraining text']}")
+else:
+    print("skipped on this profile (see above)")
 
 # %% [markdown]
 # The remedies are the ordinary ones: more and more diverse demonstrations, few epochs, early stopping
@@ -440,9 +482,9 @@ print(f"forgetting: the shipped SFT model's loss on pretraining text is higher t
 #
 # ## 7. The 7B run: what it needs
 #
-# On the `7b` profile the cells above run unchanged: `load_policy` loads the 7B chat model in NF4 with
+# On the `7b` profile the cells above run the same calls: `load_policy` loads the 7B chat model in NF4 with
 # double quantisation, and `train_sft` trains LoRA adapters (r = 16, all seven projections, fp32
-# adapter weights, fp16 compute on a T4, gradient checkpointing). The course's memory model
+# adapter weights, fp16 compute on a T4, gradient checkpointing), one 4-bit model at a time. The course's memory model
 # (`rlhf_course.memory`, or `rlhf-course memory --method sft --gpu t4`) adds up the peak:
 
 # %%
@@ -453,13 +495,30 @@ print(memory.plan("mistral-7b", "sft", "t4").table())
 # (batch 4 × 4 accumulation), a 4-bit 7B with gradient checkpointing processes a few hundred to a thousand
 # tokens per second, so the 7b profile's 100 steps (`profile.sft_steps`) take roughly 10-30 minutes.
 # Colab sessions end without warning: pass `checkpoint_dir=` (a Drive folder) and `resume=True` to
-# `train_sft` to continue after a disconnect. The cell below runs it only on the `7b` profile:
+# `train_sft` to continue after a disconnect. The cell below runs it only on the `7b` profile: the full
+# run on the real demonstrations, saved where `trained_models.sft_model(profile)` looks
+# (`$RLHF_COURSE_MODELS`, in Colab best a Drive folder, else `~/.cache/rlhf-course/7b`), so that every
+# later notebook starts from it; an SFT model already there is kept, never overwritten. The judge then
+# compares it with the base model's answers of section 1.
 
 # %%
-if profile.name == "7b":
-    sft_7b = train_sft(profile, progress=True)  # profile.sft_steps steps of QLoRA
-    display(plot_training_curves(sft_7b.history, ["loss"], title="SFT of the 7B model with QLoRA"))
-    print(evaluate_policy(sft_7b.model, tokenizer, n_per_prompt=2, temperature=profile.temperature).summary())
+if not profile.has_ground_truth:  # the 7b profile: the SFT model of every later notebook
+    sft_dir = trained_models.models_dir(profile) / "sft"   # where trained_models.sft_model(profile) looks
+    if is_adapter(sft_dir):
+        print(f"{sft_dir} holds an SFT adapter already: kept (delete the folder to train it again)")
+        sft_7b_model = load_policy(profile, lora=False, model_id=str(sft_dir), verbose=False)
+    else:
+        sft_7b = train_sft(profile, demos, progress=True)  # profile.sft_steps steps of QLoRA
+        display(plot_training_curves(sft_7b.history, ["loss"], title="SFT of the 7B model with QLoRA"))
+        print(f"saved the SFT adapter to {save_sft_model(sft_7b.model, tokenizer, sft_dir)}")
+        sft_7b_model = sft_7b.model
+        del sft_7b
+    sft_eval = evaluate_policy(sft_7b_model, tokenizer, eval_prompts, baseline=base_eval, **EVAL)
+    print(f"judged reward on {len(sft_eval.samples)} held-out prompts: base {base_eval.summary()['reward']:+.3f} -> "
+          f"SFT {sft_eval.summary()['reward']:+.3f}; the SFT model's win rate against the base: "
+          f"{sft_eval.summary()['win_rate']:.2f}")
+    del sft_7b_model
+    free_memory()
 else:
     print(f"skipped: the 7B run needs the 7b profile (a CUDA GPU with >= 14 GiB); this is the {profile.name} profile")
 

@@ -37,13 +37,16 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from rlhf_course import toyworld, trained_models
-from rlhf_course.ai_feedback import CONSTITUTION, GroundTruthJudge, judge_agreement, judge_prompt, make_judge
+from rlhf_course.ai_feedback import (CONSTITUTION, ConstitutionalJudge, GroundTruthJudge, RewardModelJudge,
+                                     judge_agreement, judge_prompt, make_judge)
 from rlhf_course.checks.nb04_human_feedback import (check_bt_probability, check_cohen_kappa, check_labels_to_records,
                                                     check_majority)
+from rlhf_course.evaluation import prompts_for
+from rlhf_course.gold import gold_reward_fn
 from rlhf_course.iterative import LoopConfig, iterative_loop, plot_rounds
 from rlhf_course.labelling import (LabellingSession, Pair, compare_labels, label_pairs, labelling_widget,
                                    labels_to_preferences, merge_labels, read_labels, sample_pairs, simulated_labeller)
-from rlhf_course.loading import load_policy, load_tokenizer
+from rlhf_course.loading import free_memory, load_policy, load_tokenizer
 from rlhf_course.paths import data_path
 from rlhf_course.preferences import load_preferences, to_conversational, to_plain, validate_file, validate_records
 from rlhf_course.reward_model import load_trained_reward_model
@@ -54,8 +57,6 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 datasets.disable_progress_bars()
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
-if profile.name == "tiny":
-    torch.set_num_threads(1)  # the tiny model's matrices are too small to share: one thread is faster on a busy CPU
 WORK = Path(tempfile.mkdtemp(prefix="rlhf-course-04-"))  # scratch files of this notebook
 
 # %% [markdown]
@@ -142,7 +143,10 @@ for problem in validate_file(path).problems:
 # from our current policy: the SFT model of notebook 3, loaded from the course's checkpoints. Each
 # prompt gets two answers, sampled at the profile's temperature and shown in a random order, so
 # that position says nothing about where an answer came from. Prompts whose two answers are
-# identical are left out.
+# identical are left out. (On the `7b` profile the pairs are the 7B chat model's answers to the toy
+# world's questions. The widget works the same; the simulated student below, a toy-world labeller,
+# only knows the tiny model's sentences, so its labels of a 7B's answers are coin flips: label them
+# yourself.)
 
 # %%
 tokenizer = load_tokenizer(profile)
@@ -417,7 +421,7 @@ print(judge_prompt(pairs[0]))
 # NBVAL_IGNORE_OUTPUT
 reward_model = (load_trained_reward_model(profile, trained_models.reward_model_dir(profile), model_id=sft_path,
                                           verbose=False)
-                if profile.name == "tiny" else None)  # the 7b judge is the chat model: no reward model needed
+                if profile.has_ground_truth else None)  # the 7b judge is the chat model: no reward model needed
 judge = make_judge(profile, model=policy, tokenizer=tokenizer, reward_model=reward_model)
 print(f"judge: {type(judge).__name__}")
 
@@ -439,7 +443,7 @@ for name, j in judges.items():
 # On the 7b profile the cell below puts the constitution to work on real answers.
 
 # %%
-if profile.name == "7b":
+if isinstance(judge, ConstitutionalJudge):  # a chat model that can read the constitution (the 7b profile)
     verdicts = judge(pairs[:8])  # P(answer A is better), position-debiased
     for pair, p in zip(pairs[:8], verdicts):
         print(f"P(A better) = {p:.2f} | A: {pair.answer_a[:60]!r} | B: {pair.answer_b[:60]!r}")
@@ -462,20 +466,39 @@ else:
 #
 # Here the noisy ground-truth labeller (a stand-in for a careful class) does the labelling: two rounds of
 # 256 prompts and 20 DPO steps each. Every round's labels are written to a label file, just like yours.
+#
+# On the `7b` profile the toy world's labeller has nothing to say about free text, so the profile's
+# independent judge (`gold.gold_reward_fn`, a 0.6B reward model) labels the pairs, as a reward-model
+# judge does (`RewardModelJudge`: P(A) = sigmoid(r_A - r_B)), and scores each round on held-out real
+# prompts: two rounds of 64 prompts and `profile.dpo_steps // 2` DPO steps (memory: the DPO plan's 9.6 GiB
+# plus the judge's 2.4 GB, `rlhf-course memory --method dpo`), an estimated 30-60 minutes on
+# a T4 (not measured). The chat model and its constitutional judge are freed first: the loop loads its own
+# 4-bit model, one at a time.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-people = GroundTruthJudge(toyworld.Labeller(temperature=0.3))
-config = LoopConfig(rounds=2, prompts_per_round=256, dpo_steps=20) if profile.name == "tiny" else \
-    LoopConfig(rounds=2, prompts_per_round=64, dpo_steps=profile.dpo_steps // 2)
-loop = iterative_loop(profile, people, model_id=sft_path, config=config, work_dir=WORK / "loop", progress=True)
+if profile.one_base_at_a_time:  # a T4 holds one 4-bit 7B: the chat model (and the judges built on it) go first
+    del policy, judge, judges
+    free_memory()
+if profile.has_ground_truth:
+    people = GroundTruthJudge(toyworld.Labeller(temperature=0.3))
+    config = LoopConfig(rounds=2, prompts_per_round=256, dpo_steps=20)
+    scorer = None  # each round is measured against the toy world's ground truth
+else:
+    scorer = gold_reward_fn(profile)  # the independent judge scores each round, and labels the pairs
+    people = RewardModelJudge(scorer.model, scorer.tokenizer, batch_size=scorer.batch_size)
+    config = LoopConfig(rounds=2, prompts_per_round=64, dpo_steps=max(1, profile.dpo_steps // 2), eval_n_per_prompt=1)
+loop = iterative_loop(profile, people, model_id=sft_path, prompts=prompts_for(profile, "train"),
+                      eval_prompts=prompts_for(profile, "eval"), config=config, work_dir=WORK / "loop", judge=scorer,
+                      progress=True)
 
 # %%
-print("the ground-truth reward rose over the rounds:", loop.rewards[-1] > loop.rewards[0])
+print(f"the {'ground-truth' if profile.has_ground_truth else 'judged'} reward rose over the rounds:",
+      loop.rewards[-1] > loop.rewards[0])
 print("each round's labels are a label file:", sorted(p.name for p in (WORK / "loop").glob("labels_round*.jsonl")))
 
 # %%
-plot_rounds(loop)
+plot_rounds(loop, best=None if profile.has_ground_truth else math.nan)  # a judge's rewards have no known best
 
 # %% [markdown]
 # Two short rounds move the SFT model's reward from about 0.35 to about 0.49. In one measured run,

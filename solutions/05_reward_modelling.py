@@ -21,7 +21,10 @@
 # data, the Bradley-Terry labeller). No GPU is needed.
 #
 # **Estimated time**: 60 minutes to work through. The notebook runs in about 1-2 minutes on a laptop
-# CPU (tiny profile).
+# CPU (tiny profile). On the `7b` profile (a T4) the reward models train on a slice of a real preference
+# set from the SFT adapter, one 4-bit model at a time (8.4 GiB, `rlhf-course memory --method rm`): an
+# estimated 30-60 minutes, not measured yet (plus the SFT adapter, if
+# notebook 3 has not trained it).
 
 # %%
 # SETUP CELL (inserted by rlhf_course.exercises)
@@ -41,7 +44,7 @@ from rlhf_course import toyworld, trained_models
 from rlhf_course.checks.nb05_reward_modelling import (check_bayes_accuracy, check_bradley_terry_loss,
                                                       check_combine_rewards, check_margin_loss,
                                                       check_preference_accuracy)
-from rlhf_course.loading import load_tokenizer
+from rlhf_course.loading import free_memory, load_tokenizer
 from rlhf_course.paths import data_path
 from rlhf_course.plots import plot_training_curves
 from rlhf_course.preferences import load_preferences
@@ -52,8 +55,6 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 datasets.disable_progress_bars()
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
-if profile.name == "tiny":
-    torch.set_num_threads(1)  # the tiny model's matrices are too small to share: one thread is faster on a busy CPU
 
 # %% [markdown]
 # ## 1. From preferences to a reward: the Bradley-Terry model
@@ -286,12 +287,22 @@ check_bayes_accuracy(bayes_accuracy)
 # the first one. Real labellers agree even less: InstructGPT's agreed with each other on about 73% of
 # comparisons, and its reward models reached about 72% on held-out labellers.
 
+# %% [markdown]
+# On the `7b` profile the pairs are a slice of a real preference set (`profile.preference_set`,
+# ultrafeedback-binarized; offline, the course's hand-written set), 90% to train and 10% held out. Real
+# labels come without the probability behind them, so there is no Bayes limit to measure against: only
+# chance (0.5) and, for orientation, InstructGPT's reward models (about 0.72 on held-out labellers, above).
+
 # %%
-train_pairs, test_pairs = rm.load_rm_data("train"), rm.load_rm_data("test")
-for name, pairs in (("train", train_pairs), ("test", test_pairs)):
-    p_chosen = pairs["p_chosen"]
-    print(f"{name:>5}: {len(pairs)} pairs | Bayes limit {toyworld.bayes_accuracy(p_chosen):.2f} | "
-          f"a second labeller would agree on {sum(p_chosen) / len(p_chosen):.2f}")
+train_pairs, test_pairs = trained_models.preference_split(profile)  # what the reward model learns from / is measured on
+if profile.has_ground_truth:
+    for name, pairs in (("train", train_pairs), ("test", test_pairs)):
+        p_chosen = pairs["p_chosen"]
+        print(f"{name:>5}: {len(pairs)} pairs | Bayes limit {toyworld.bayes_accuracy(p_chosen):.2f} | "
+              f"a second labeller would agree on {sum(p_chosen) / len(p_chosen):.2f}")
+else:
+    print(f"{profile.preference_set}: {len(train_pairs)} pairs to train, {len(test_pairs)} held out; real labels "
+          "carry no p_chosen, so no Bayes limit")
 
 # %% [markdown]
 # ## 4. Training a reward model with TRL's `RewardTrainer` and LoRA
@@ -318,14 +329,17 @@ for name, pairs in (("train", train_pairs), ("test", test_pairs)):
 # NBVAL_IGNORE_OUTPUT
 sft_path = trained_models.sft_model(profile)          # the SFT model of notebook 3
 tokenizer = load_tokenizer(profile, sft_path)
-RM_STEPS = 40 if profile.name == "tiny" else profile.rm_steps
+RM_STEPS = min(40, profile.rm_steps)  # a short run: the trained reward model below has profile.rm_steps
 short_run = rm.train_reward_model(profile, train_pairs, test_pairs, model_id=sft_path, steps=RM_STEPS, seed=0)
 print({k: round(v, 3) if isinstance(v, float) else v for k, v in short_run.metrics.items()})
 
 # %%
 m = short_run.metrics
-print(f"after {m['steps']} steps: better than chance (0.5): {m['accuracy'] > 0.6}; "
-      f"below the Bayes limit ({m['bayes_accuracy']:.2f}): {m['accuracy'] < m['bayes_accuracy']}")
+if profile.has_ground_truth:
+    print(f"after {m['steps']} steps: better than chance (0.5): {m['accuracy'] > 0.6}; "
+          f"below the Bayes limit ({m['bayes_accuracy']:.2f}): {m['accuracy'] < m['bayes_accuracy']}")
+else:
+    print(f"after {m['steps']} steps: better than chance (0.5): {m['accuracy'] > 0.6}; no Bayes limit for real labels")
 
 # %%
 plot_training_curves(short_run.history, ["loss", "accuracy", "margin"], smooth=0.5,
@@ -338,25 +352,37 @@ plot_training_curves(short_run.history, ["loss", "accuracy", "margin"], smooth=0
 #
 # **The full run.** The course ships the reward model trained with `rm.train_reward_model`'s defaults
 # (`profile.rm_steps` = 300 steps, about 2.4 epochs) as `trained_models.reward_model_dir(profile)`. Load it,
-# and score every held-out pair:
+# and score every held-out pair. (On the `7b` profile nothing ships: the first call trains it, with
+# `profile.rm_steps` steps on the real pairs from the SFT adapter, an estimated 15-30 minutes on a T4,
+# and keeps it for notebooks 6 and 8. The short run's model is freed first: one 4-bit model at a time.)
 
 # %%
+short_run.model = None  # its metrics and history stay; its model goes before the next one loads
+free_memory()
 reward_model = rm.load_trained_reward_model(profile, trained_models.reward_model_dir(profile), model_id=sft_path,
                                             verbose=False)
 chosen_r, rejected_r = rm.pair_rewards(reward_model, tokenizer, test_pairs)  # (1000,), (1000,)
 _, full_accuracy = rm.bradley_terry_loss(chosen_r, rejected_r)  # (loss, accuracy): ties count 1/2, as yours
 full_accuracy = full_accuracy.item()
-bayes = toyworld.bayes_accuracy(test_pairs["p_chosen"])
-print(f"held-out accuracy: shipped reward model {full_accuracy:.2f} | Bayes limit {bayes:.2f} | "
-      f"gap {bayes - full_accuracy:.2f}")
+del reward_model  # section 6 loads it again where it needs it
+free_memory()
+if profile.has_ground_truth:
+    bayes = toyworld.bayes_accuracy(test_pairs["p_chosen"])
+    print(f"held-out accuracy: shipped reward model {full_accuracy:.2f} | Bayes limit {bayes:.2f} | "
+          f"gap {bayes - full_accuracy:.2f}")
+else:
+    bayes = math.nan  # real labels carry no p_chosen
+    print(f"held-out accuracy: the reward model {full_accuracy:.2f} on {len(test_pairs)} real pairs (no Bayes limit)")
 
 # %%
-bars = {"chance": 0.5, f"{RM_STEPS} steps": short_run.metrics["accuracy"], "300 steps\n(shipped)": full_accuracy,
-        "Bayes limit": bayes}
+bars = {"chance": 0.5, f"{RM_STEPS} steps": short_run.metrics["accuracy"],
+        f"{profile.rm_steps} steps\n({'shipped' if profile.has_ground_truth else 'trained once'})": full_accuracy}
+bars |= {} if math.isnan(bayes) else {"Bayes limit": bayes}
 fig, ax = plt.subplots(figsize=(5.5, 3.4), layout="constrained")
-drawn = ax.bar(list(bars), list(bars.values()), color=["gray", "C0", "C0", "C2"])
+drawn = ax.bar(list(bars), list(bars.values()), color=["gray", "C0", "C0", "C2"][: len(bars)])
 ax.bar_label(drawn, fmt="%.2f", padding=2)
-ax.set(ylim=(0.4, 1.0), ylabel="accuracy on 1,000 held-out pairs", title="Reward-model accuracy vs the Bayes limit")
+ax.set(ylim=(0.4, 1.0), ylabel=f"accuracy on {len(test_pairs):,} held-out pairs",
+       title="Reward-model accuracy vs the Bayes limit")
 ax.grid(alpha=0.3, axis="y")
 plt.close(fig)
 fig
@@ -407,7 +433,7 @@ fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
 bins = torch.linspace(torch.cat([chosen_r, rejected_r]).min().item(), torch.cat([chosen_r, rejected_r]).max().item(), 40)
 ax.hist(chosen_r.tolist(), bins=bins.tolist(), alpha=0.6, color="C2", label=f"chosen (mean {chosen_r.mean():.2f})")
 ax.hist(rejected_r.tolist(), bins=bins.tolist(), alpha=0.6, color="C3", label=f"rejected (mean {rejected_r.mean():.2f})")
-ax.set(xlabel="reward r(x, y)", ylabel="answers", title="Shipped reward model on 1,000 held-out pairs")
+ax.set(xlabel="reward r(x, y)", ylabel="answers", title=f"The reward model on {len(test_pairs):,} held-out pairs")
 ax.legend()
 plt.close(fig)
 fig
@@ -416,22 +442,27 @@ fig
 # **Accuracy against the Bayes limit, pair by pair.** Group the held-out pairs by how sure the labeller
 # was, $\max(p, 1-p)$, and compare the model's accuracy in each group with the best possible one. On
 # near-coin-flip pairs nobody can beat 50-60%; on clear pairs the model should be right almost always.
+# (The labeller's certainty is known in the toy world only: the `7b` profile skips this plot and the
+# rest of this section, which measure against the ground truth.)
 
 # %%
-p = torch.tensor(test_pairs["p_chosen"])
-confidence = torch.maximum(p, 1 - p)                                   # (1000,) the labeller's certainty
-right = (chosen_r > rejected_r).float() + 0.5 * (chosen_r == rejected_r).float()
-edges = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0001]
-groups = [(confidence >= lo) & (confidence < hi) for lo, hi in zip(edges, edges[1:])]
-fig, ax = plt.subplots(figsize=(4.8, 4.0), layout="constrained")
-ax.plot([0.5, 1], [0.5, 1], color="gray", ls=":", label="the Bayes limit")
-ax.scatter([confidence[g].mean().item() for g in groups], [right[g].mean().item() for g in groups],
-           s=[g.sum().item() / 2 for g in groups], color="C0", label="reward model (area = number of pairs)")
-ax.set(xlabel="labeller's certainty max(p, 1 - p)", ylabel="reward model's accuracy", title="Accuracy vs the Bayes limit")
-ax.grid(alpha=0.3)
-ax.legend()
-plt.close(fig)
-fig
+if profile.has_ground_truth:
+    p = torch.tensor(test_pairs["p_chosen"])
+    confidence = torch.maximum(p, 1 - p)                                   # (1000,) the labeller's certainty
+    right = (chosen_r > rejected_r).float() + 0.5 * (chosen_r == rejected_r).float()
+    edges = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0001]
+    groups = [(confidence >= lo) & (confidence < hi) for lo, hi in zip(edges, edges[1:])]
+    fig, ax = plt.subplots(figsize=(4.8, 4.0), layout="constrained")
+    ax.plot([0.5, 1], [0.5, 1], color="gray", ls=":", label="the Bayes limit")
+    ax.scatter([confidence[g].mean().item() for g in groups], [right[g].mean().item() for g in groups],
+               s=[g.sum().item() / 2 for g in groups], color="C0", label="reward model (area = number of pairs)")
+    ax.set(xlabel="labeller's certainty max(p, 1 - p)", ylabel="reward model's accuracy", title="Accuracy vs the Bayes limit")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    plt.close(fig)
+    display(fig)
+else:
+    print("skipped: real labels carry no labeller's certainty (p_chosen)")
 
 
 # %% [markdown]
@@ -444,12 +475,15 @@ def answer_texts(column):  # conversational rows: [{"role": "assistant", "conten
     return [messages[0]["content"] for messages in test_pairs[column]]
 
 
-true_c = torch.tensor(toyworld.ground_truth_rewards(test_pairs["prompt"], answer_texts("chosen")))
-true_r = torch.tensor(toyworld.ground_truth_rewards(test_pairs["prompt"], answer_texts("rejected")))
-differ = true_c != true_r
-print(f"on {int(differ.sum())} pairs whose true rewards differ, the ground truth's better answer is ranked first by")
-print(f"  the labels:       {(true_c > true_r)[differ].float().mean():.2f}")
-print(f"  the reward model: {((chosen_r > rejected_r) == (true_c > true_r))[differ].float().mean():.2f}")
+if profile.has_ground_truth:
+    true_c = torch.tensor(toyworld.ground_truth_rewards(test_pairs["prompt"], answer_texts("chosen")))
+    true_r = torch.tensor(toyworld.ground_truth_rewards(test_pairs["prompt"], answer_texts("rejected")))
+    differ = true_c != true_r
+    print(f"on {int(differ.sum())} pairs whose true rewards differ, the ground truth's better answer is ranked first by")
+    print(f"  the labels:       {(true_c > true_r)[differ].float().mean():.2f}")
+    print(f"  the reward model: {((chosen_r > rejected_r) == (true_c > true_r))[differ].float().mean():.2f}")
+else:
+    print("skipped: free text has no ground truth to compare the labels with")
 
 # %% [markdown]
 # **What does it reward?** Score hand-made answers to the twelve held-out benign prompts: with more
@@ -461,43 +495,54 @@ print(f"  the reward model: {((chosen_r > rejected_r) == (true_c > true_r))[diff
 # live on.
 
 # %%
-biased_model = rm.load_trained_reward_model(profile, trained_models.reward_model_dir(profile, "length_biased"),
-                                            model_id=sft_path, verbose=False)
-prompts = [p for p in toyworld.eval_prompts() if not p.harmful and p.claim is None]   # 12 benign prompts
-prompt_texts = [p.text for p in prompts]
 T = toyworld.Labeller().temperature
 join = toyworld.join_sentences
-variants = {  # kind -> {x: one answer per prompt}
-    "tips": {k: [join(toyworld.TIPS[p.task][:k] or [toyworld.FILLER[0]]) for p in prompts] for k in range(6)},
-    "filler": {k: [join(list(toyworld.TIPS[p.task][:2]) + list(toyworld.FILLER[:k])) for p in prompts]
-               for k in range(5)},
-}
-scorers = {
-    "ground truth / T": lambda texts: torch.tensor(toyworld.ground_truth_rewards(prompt_texts, texts)) / T,
-    "reward model (careful labellers)": lambda texts: rm.score_texts(reward_model, tokenizer, prompt_texts, texts),
-    "reward model (likes long answers)": lambda texts: rm.score_texts(biased_model, tokenizer, prompt_texts, texts),
-}
-curves = {kind: {name: [score(texts).mean().item() for texts in by_x.values()] for name, score in scorers.items()}
-          for kind, by_x in variants.items()}
+if profile.has_ground_truth:  # the length-biased labeller, and these hand-made answers, are the toy world's
+    reward_model = rm.load_trained_reward_model(profile, trained_models.reward_model_dir(profile), model_id=sft_path,
+                                                verbose=False)
+    biased_model = rm.load_trained_reward_model(profile, trained_models.reward_model_dir(profile, "length_biased"),
+                                                model_id=sft_path, verbose=False)
+    prompts = [p for p in toyworld.eval_prompts() if not p.harmful and p.claim is None]   # 12 benign prompts
+    prompt_texts = [p.text for p in prompts]
+    variants = {  # kind -> {x: one answer per prompt}
+        "tips": {k: [join(toyworld.TIPS[p.task][:k] or [toyworld.FILLER[0]]) for p in prompts] for k in range(6)},
+        "filler": {k: [join(list(toyworld.TIPS[p.task][:2]) + list(toyworld.FILLER[:k])) for p in prompts]
+                   for k in range(5)},
+    }
+    scorers = {
+        "ground truth / T": lambda texts: torch.tensor(toyworld.ground_truth_rewards(prompt_texts, texts)) / T,
+        "reward model (careful labellers)": lambda texts: rm.score_texts(reward_model, tokenizer, prompt_texts, texts),
+        "reward model (likes long answers)": lambda texts: rm.score_texts(biased_model, tokenizer, prompt_texts, texts),
+    }
+    curves = {kind: {name: [score(texts).mean().item() for texts in by_x.values()] for name, score in scorers.items()}
+              for kind, by_x in variants.items()}
+else:
+    print("skipped: the length-biased labeller and the toy world's sentences belong to the tiny profile")
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained", sharey=True)
-for ax, kind, xlabel in zip(axes, variants, ["on-topic tips in the answer", "filler sentences after 2 tips"]):
-    for i, (name, values) in enumerate(curves[kind].items()):
-        at_two_tips = curves["tips"][name][2]  # the reference answer, shared by both panels
-        ax.plot(range(len(values)), [v - at_two_tips for v in values], marker="o", color=f"C{i}",
-                ls=":" if i == 0 else "-", label=name)
-    ax.set(xlabel=xlabel, title=f"reward vs {kind}")
-    ax.grid(alpha=0.3)
-axes[0].set_ylabel("mean reward (0 = the 2-tip answer)")
-axes[1].legend(fontsize="small")
-plt.close(fig)
-fig
+if profile.has_ground_truth:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained", sharey=True)
+    for ax, kind, xlabel in zip(axes, variants, ["on-topic tips in the answer", "filler sentences after 2 tips"]):
+        for i, (name, values) in enumerate(curves[kind].items()):
+            at_two_tips = curves["tips"][name][2]  # the reference answer, shared by both panels
+            ax.plot(range(len(values)), [v - at_two_tips for v in values], marker="o", color=f"C{i}",
+                    ls=":" if i == 0 else "-", label=name)
+        ax.set(xlabel=xlabel, title=f"reward vs {kind}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean reward (0 = the 2-tip answer)")
+    axes[1].legend(fontsize="small")
+    plt.close(fig)
+    display(fig)
+else:
+    print("skipped on this profile (see above)")
 
 # %%
-for name in list(scorers)[1:]:
-    tips, filler = curves["tips"][name], curves["filler"][name]
-    print(f"{name}: each tip {((tips[5] - tips[1]) / 4):+.2f}; four filler sentences {filler[4] - filler[0]:+.2f}")
+if profile.has_ground_truth:
+    for name in list(scorers)[1:]:
+        tips, filler = curves["tips"][name], curves["filler"][name]
+        print(f"{name}: each tip {((tips[5] - tips[1]) / 4):+.2f}; four filler sentences {filler[4] - filler[0]:+.2f}")
+else:
+    print("skipped on this profile (see above)")
 
 # %% [markdown]
 # Both models learned that tips are good. But the careful labellers' model punishes filler, as the
@@ -515,7 +560,9 @@ for name in list(scorers)[1:]:
 # **helpfulness** model $R_h$ on helpfulness labels and a **safety** model $R_s$ on safety labels
 # (arXiv:2307.09288, Sec. 3.2.2). In the toy world, `rm.make_attribute_preferences` labels pairs on one
 # attribute only. On most benign prompts both answers are equally harmless, so the safety labels there
-# are coin flips, and the safety set's Bayes limit is low:
+# are coin flips, and the safety set's Bayes limit is low. (This section trains no model: it uses the toy
+# world's exact helpful and harmless scores, so it runs the same on both profiles. On the `7b` profile a
+# real split by attribute would be, e.g., Anthropic's hh-rlhf `helpful-base` and `harmless-base` subsets.)
 
 # %%
 for attribute in ("helpful", "harmless"):

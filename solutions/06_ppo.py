@@ -40,22 +40,20 @@ import matplotlib.pyplot as plt
 import torch
 from transformers.utils import logging as hf_logging
 
-from rlhf_course import memory, plots, ppo, toyworld, trained_models
+from rlhf_course import memory, plots, ppo, trained_models
 from rlhf_course.checks.nb06_ppo import (check_compute_rewards, check_ppo_policy_loss, check_ppo_value_loss,
                                          check_rollout_kl)
-from rlhf_course.evaluation import best_possible_reward, evaluate_policy
-from rlhf_course.loading import load_tokenizer
+from rlhf_course.evaluation import best_possible_reward, evaluate_policy, prompts_for
+from rlhf_course.gold import gold_reward_fn
+from rlhf_course.loading import free_memory, load_tokenizer, reference_policy
 from rlhf_course.logprobs import token_logprobs
 from rlhf_course.reward_hacking import reward_hacking_curves, summarize
-from rlhf_course.sampling import generate
 
 # %%
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not our business here
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
-if profile.name == "tiny":
-    torch.set_num_threads(1)  # the tiny model's matrices are too small to share: one thread is faster on a busy CPU
 
 
 # %% [markdown]
@@ -366,21 +364,29 @@ check_rollout_kl(rollout_kl)
 # truth peaked around 0.6 between iterations 15 and 45 and fell back, to 0.43 on the held-out prompts at
 # iteration 100 (SFT: 0.35; best possible: 1.07), with a KL of 7 nats. That is over-optimisation of an
 # imperfect reward model, the subject of section 8.
+#
+# On the `7b` profile the same call trains the SFT adapter of notebook 3 against the reward model of
+# notebook 5 (a second adapter on the same 4-bit base), on the real preference set's prompts, and the
+# monitor is the independent judge (`gold.gold_reward_fn`, 2.4 GB in fp32 beside the 4-bit base and its
+# two adapters: section 9's plan plus the judge, about 9.5 GiB, estimated): `profile.ppo_steps` iterations, an estimated
+# 10-15 minutes on a T4. Every "ground truth" below is then the judge's score.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-PPO_STEPS = 25 if profile.name == "tiny" else profile.ppo_steps
+PPO_STEPS = min(25, profile.ppo_steps)                     # a short run (the 7b profile: its own, shorter one)
+gold = gold_reward_fn(profile)                             # watched, never optimised: the ground truth, or the judge
+GOLD = "ground truth" if profile.has_ground_truth else "judge"
 sft_path = trained_models.sft_model(profile)                  # notebook 3's SFT model: the start and the reference
 tokenizer = load_tokenizer(profile, sft_path)
 run = ppo.train_ppo(profile, model_id=sft_path, reward_model_dir=trained_models.reward_model_dir(profile),
-                    monitor_fn=toyworld.ground_truth_rewards, steps=PPO_STEPS, seed=0)
+                    monitor_fn=gold, prompts=prompts_for(profile, "train"), steps=PPO_STEPS, seed=0)
 policy = run.model                                         # the PEFT model: SFT weights + the trained adapter
 print({k: round(v, 2) for k, v in run.metrics.items()})
 
 # %%
 plots.plot_training_curves(run.history, ["reward/score", "reward/monitor", "objective/kl", "policy/clipfrac",
                                          "policy/approx_kl", "rollout/length"], smooth=0.6,
-                           title=f"PPO, {PPO_STEPS} iterations (reward model + KL penalty, kl_coef = 0.05)")
+                           title=f"PPO, {PPO_STEPS} iterations (reward model + KL penalty, kl_coef = {profile.recipe.ppo_kl_coef:g})")
 
 # %% [markdown]
 # How to read them:
@@ -400,8 +406,8 @@ plots.plot_training_curves(run.history, ["reward/score", "reward/monitor", "obje
 window = 5
 points = [(sum(h["objective/kl"] for h in chunk) / len(chunk), sum(h["reward/monitor"] for h in chunk) / len(chunk))
           for chunk in (run.history[i : i + window] for i in range(0, len(run.history), window))]
-plots.plot_reward_vs_kl({"PPO, along training": points}, best=best_possible_reward(),
-                        title="Ground-truth reward vs KL to the SFT model")
+plots.plot_reward_vs_kl({"PPO, along training": points}, best=best_possible_reward() if profile.has_ground_truth else None,
+                        title=f"{'Ground-truth' if profile.has_ground_truth else 'Judged'} reward vs KL to the SFT model")
 
 # %% [markdown]
 # ## 7. Evaluation against the SFT model
@@ -414,22 +420,26 @@ plots.plot_reward_vs_kl({"PPO, along training": points}, best=best_possible_rewa
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-eval_kw = dict(n_per_prompt=4, max_new_tokens=profile.max_new_tokens, temperature=profile.temperature, seed=0)
-with policy.disable_adapter():                                        # the SFT model, from the same weights
-    sft_eval = evaluate_policy(policy, tokenizer, **eval_kw)
-ppo_eval = evaluate_policy(policy, tokenizer, reference="self", baseline=sft_eval, **eval_kw)
+eval_prompts = None if profile.has_ground_truth else prompts_for(profile, "eval")  # None: the toy world's held-out
+eval_kw = dict(n_per_prompt=4 if profile.has_ground_truth else 1, max_new_tokens=profile.max_new_tokens,
+               temperature=profile.temperature, seed=0, judge=gold)
+with reference_policy(policy):                                        # the SFT model, from the same weights
+    sft_eval = evaluate_policy(policy, tokenizer, eval_prompts, **eval_kw)
+ppo_eval = evaluate_policy(policy, tokenizer, eval_prompts, reference="self", baseline=sft_eval, **eval_kw)
 sft_summary, ppo_summary = sft_eval.summary(), ppo_eval.summary()
 for key in ("reward", "helpful", "harmless", "length", "refusal_harmful", "sycophancy"):
-    print(f"{key:>16}: SFT {sft_summary[key]:6.2f}   PPO {ppo_summary[key]:6.2f}")
+    if key in ppo_summary:  # the toy world's attributes and failure modes exist on the tiny profile only
+        print(f"{key:>16}: SFT {sft_summary[key]:6.2f}   PPO {ppo_summary[key]:6.2f}")
 print(f"{'KL to SFT':>16}: {ppo_summary['kl']:.2f} nats per answer;  win rate vs SFT: {ppo_summary['win_rate']:.2f}")
 
 # %%
-print(f"PPO beats SFT on the ground truth: {ppo_summary['reward'] > sft_summary['reward']}")
+print(f"PPO beats SFT on the {GOLD}: {ppo_summary['reward'] > sft_summary['reward']}")
 print(f"PPO wins more often than it loses against SFT: {ppo_summary['win_rate'] > 0.5}")
 print(f"PPO moved away from SFT (KL > 0): {ppo_summary['kl'] > 0}")
 
 # %%
-plots.plot_reward_distributions({"SFT": sft_eval, "PPO": ppo_eval}, title="Ground-truth reward per answer (held-out prompts)")
+plots.plot_reward_distributions({"SFT": sft_eval, "PPO": ppo_eval},
+                                title=f"{'Ground-truth' if profile.has_ground_truth else 'Judged'} reward per answer (held-out prompts)")
 
 # %% [markdown]
 # Not every number improves. In the run stored in this notebook the **sycophancy** rate (agreeing with a
@@ -460,15 +470,25 @@ for s_sft, s_ppo in list(zip(sft_eval.samples, ppo_eval.samples))[::40]:
 # `reward_hacking_curves` runs PPO against that reward model twice, with no KL penalty and with
 # `kl_coef = 0.2`, and logs the proxy (its score) next to the ground truth. 30 iterations each (longer
 # runs make the gap wider):
+#
+# On the `7b` profile the length-biased labeller does not exist (it is the toy world's); the same two runs
+# go against the profile's own reward model (notebook 5) with the judge as the gold reward, which is Gao
+# et al.'s setting: watch whether the judge follows the proxy as the KL grows. `profile.ppo_steps`
+# iterations each (an estimated 20-30 minutes on a T4 for both) are short for over-optimisation to show;
+# expect the proxy to rise and the judge to move little. Section 7's policy is freed first: one 4-bit model
+# at a time.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-HACK_STEPS = 30 if profile.name == "tiny" else profile.ppo_steps
-curves = reward_hacking_curves(profile, kl_coefs=(0.0, 0.2), steps=HACK_STEPS, seed=0)
+del run, policy  # section 7's PPO policy: each run below loads its own model (one 4-bit 7B at a time on a T4)
+free_memory()
+HACK_STEPS = min(30, profile.ppo_steps)
+curves = reward_hacking_curves(profile, kl_coefs=(0.0, 0.2), steps=HACK_STEPS, monitor_fn=gold,
+                               prompts=prompts_for(profile, "train"), seed=0)
 hack = summarize(curves)
 for name, s in hack.items():
     lengths = [r["length"] for r in curves[name]]
-    print(f"{name:>12}: proxy {s['proxy_start']:+.2f} -> {s['proxy_end']:+.2f} | ground truth {s['true_start']:+.2f} -> "
+    print(f"{name:>12}: proxy {s['proxy_start']:+.2f} -> {s['proxy_end']:+.2f} | {GOLD} {s['true_start']:+.2f} -> "
           f"{s['true_end']:+.2f} | KL {s['kl_end']:.1f} | length {sum(lengths[:5]) / 5:.0f} -> {sum(lengths[-5:]) / 5:.0f} tokens")
 
 # %%
@@ -477,7 +497,7 @@ plots.plot_reward_hacking(curves, title="PPO against a length-biased reward mode
 # %%
 free, leashed = hack["kl_coef=0"], hack["kl_coef=0.2"]
 print(f"the proxy rose in both runs: {free['proxy_end'] > free['proxy_start'] and leashed['proxy_end'] > leashed['proxy_start']}")
-print(f"without a KL penalty, the ground truth ends lower than with it: {free['true_end'] < leashed['true_end']}")
+print(f"without a KL penalty, the {GOLD} ends lower than with it: {free['true_end'] < leashed['true_end']}")
 print(f"without a KL penalty, the policy drifts further: {free['kl_end'] > leashed['kl_end']}")
 
 # %% [markdown]
@@ -527,15 +547,16 @@ print(memory.plan("zephyr-7b", "ppo", "t4").table())
 # model and the optimisation phase take roughly half a minute per iteration, so the profile's 20
 # iterations take 10-15 minutes, plus the reward model trained on first use (`trained_models.reward_model_dir`).
 # Every cell above already ran with the `7b` numbers if this notebook runs on a GPU; the cell below
-# adds what only a GPU can show: the peak memory PPO really used, and an answer of the trained policy.
+# adds what only a GPU can show: the peak memory PPO really used, and an answer of the trained policy
+# (sampled in section 7, scored by the judge).
 
 # %%
-if profile.name == "7b":
-    print(f"peak GPU memory during this notebook: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB "
-          f"(plan: {memory.plan('zephyr-7b', 'ppo', 't4').total_gib:.1f} GiB on a T4)")
-    reply = generate(policy, tokenizer, ["how do i cook rice ?"], profile.max_new_tokens,
-                     temperature=profile.temperature, seed=0)[0]
-    print(reply.text)
+if not profile.has_ground_truth:  # the 7b profile
+    if profile.device == "cuda":
+        print(f"peak GPU memory during this notebook: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB "
+              f"(plan: {memory.plan('zephyr-7b', 'ppo', 't4').total_gib:.1f} GiB on a T4)")
+    sample = ppo_eval.samples[0]
+    print(f"{sample.prompt}\n  PPO [judge {sample.reward:+.2f}]: {sample.completion.text}")
 else:
     print("tiny profile: the 7B run is skipped (run this notebook on a Colab T4 to see it)")
 

@@ -30,7 +30,6 @@
 # SETUP CELL (inserted by rlhf_course.exercises)
 
 # %%
-import gc
 import warnings
 
 import datasets
@@ -42,8 +41,9 @@ from trl import DPOTrainer
 
 from rlhf_course import dpo, memory, plots, trained_models
 from rlhf_course.checks.nb07_dpo import check_dpo_batch_loss, check_dpo_loss, check_ipo_loss, check_sequence_logps
-from rlhf_course.evaluation import evaluate_policy
-from rlhf_course.loading import load_policy, load_tokenizer, lora_config
+from rlhf_course.evaluation import evaluate_policy, prompts_for
+from rlhf_course.gold import gold_reward_fn
+from rlhf_course.loading import free_memory, load_tokenizer, policy_for_trainer, reference_policy
 from rlhf_course.logprobs import token_logprobs
 from rlhf_course.sampling import generate
 
@@ -54,8 +54,6 @@ warnings.filterwarnings("ignore", message=".*padding-free.*")  # TRL's advice fo
 datasets.disable_progress_bars()
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
-if profile.name == "tiny":
-    torch.set_num_threads(1)  # the tiny model's matrices are too small to share: one thread is faster on a busy CPU
 
 # %% [markdown]
 # ## 1. From the RLHF objective to a classification loss
@@ -111,24 +109,28 @@ if profile.name == "tiny":
 # only**. TRL's collator lays a batch of $B$ pairs out as $2B$ right-padded rows (prompt + chosen, then
 # prompt + rejected) with a `completion_mask` that is 1 on the answer's tokens (its closing `<|end|>`
 # included). Let us get such a batch from TRL itself, on the SFT model with a LoRA adapter. A fresh
-# adapter leaves the model unchanged, so we give it random weights, as if it had trained a little:
+# adapter leaves the model unchanged, so we give it random weights, as if it had trained a little.
+# (On the `7b` profile the pairs are the real preference set's, the training split of notebook 5's
+# reward model, and the adapter is notebook 3's SFT adapter itself, which training continues; TRL keeps
+# a frozen copy of it, "ref", as the reference: `loading.policy_for_trainer`.)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 sft_path = trained_models.sft_model(profile)                        # notebook 3's SFT model: pi_ref
 tokenizer = load_tokenizer(profile, sft_path)
-pairs = dpo.keep_dpo_columns(dpo.load_dpo_data())                 # the toy world's 4,000 training pairs
+pairs = dpo.keep_dpo_columns(dpo.load_dpo_data() if profile.has_ground_truth      # the toy world's 4,000 pairs,
+                             else trained_models.preference_split(profile)[0])    # or the real set's training pairs
 print(pairs[0])
-trl_trainer = DPOTrainer(model=load_policy(profile, lora=False, model_id=sft_path, verbose=False),
-                         args=dpo.dpo_config(profile.replace(batch_size=8), steps=1, progress=False),
-                         train_dataset=pairs.select(range(64)), processing_class=tokenizer,
-                         peft_config=lora_config(profile))
+trl_model, trl_peft_config = policy_for_trainer(profile, sft_path, verbose=False)  # + a LoRA adapter for TRL
+trl_trainer = DPOTrainer(model=trl_model, args=dpo.dpo_config(profile.replace(batch_size=8), steps=1, progress=False),
+                         train_dataset=pairs.select(range(min(64, len(pairs)))), processing_class=tokenizer,
+                         peft_config=trl_peft_config)
 model = trl_trainer.model                                         # the PEFT model TRL trains
 torch.manual_seed(0)
 with torch.no_grad():
     for name, param in model.named_parameters():
-        if "lora_B" in name:
-            param.normal_(0, 0.02)                                # as if it had trained a few steps
+        if "lora_B" in name and param.requires_grad:              # the adapter being trained (not TRL's frozen "ref")
+            param.add_(torch.randn_like(param) * 0.02)            # as if it had trained a few steps
 model.eval()
 batch = next(iter(trl_trainer.get_train_dataloader()))            # made by TRL's DataCollatorForPreference
 
@@ -288,10 +290,8 @@ print({k: round(v, 4) for k, v in our_metrics.items()})
 print(f"our loss equals TRL's to 1e-5: {abs(trl_loss - our_loss.item()) < 1e-5}")
 
 # %%
-del trl_trainer, model, batch   # free the comparison model before training (it matters on a 7B)
-gc.collect()
-if torch.cuda.is_available():
-    torch.cuda.empty_cache()
+del trl_trainer, trl_model, model, batch   # free the comparison model before training (a T4 holds one 4-bit 7B)
+free_memory()
 
 # %% [markdown]
 # ## 5. Layer 4: training with TRL's `DPOTrainer`
@@ -363,7 +363,8 @@ print(f"log pi of the chosen answers fell: {mean(last, 'logps/chosen') < mean(fi
 # from the reference to satisfy the loss (more drift, more risk of degenerate text). **Large $\beta$**:
 # a small gap suffices; the policy stays close. The tiny model, with a learning rate high enough to move
 # in 60 steps, turned out garbled sentences with the paper's usual $\beta = 0.1$; $\beta = 2$ stops it
-# after a few nats (`dpo.TRAIN_DEFAULTS`). The 7B uses 0.1. The curves, from `dpo.dpo_loss`:
+# after a few nats (`dpo.TRAIN_DEFAULTS`). The 7B recipe (`profile.recipe.dpo_beta`) uses 0.01, with a far
+# smaller learning rate. The curves, from `dpo.dpo_loss`:
 
 # %%
 gap = torch.linspace(-5, 15, 201)                                  # h: chosen log-ratio minus rejected log-ratio
@@ -424,25 +425,36 @@ check_ipo_loss(ipo_loss)
 # Logs measure the training pairs; what matters is what the policy **generates** on prompts it has not
 # seen. As in notebook 6: 4 answers per held-out prompt at the profile's temperature, the SFT model being
 # the same weights with the adapter switched off, judged by the toy world's ground truth; KL to the SFT
-# model on DPO's own answers.
+# model on DPO's own answers. (On the `7b` profile: one answer per held-out real prompt, judged by the
+# independent judge, `gold.gold_reward_fn`, loaded only now: 2.4 GB beside the 4-bit base, after the
+# training's peak of section 9's plan, estimated; the SFT model is the frozen "ref" copy of its adapter,
+# `loading.reference_policy`.)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-eval_kw = dict(n_per_prompt=4, max_new_tokens=profile.max_new_tokens, temperature=profile.temperature, seed=0)
-with dpo_model.disable_adapter():                                      # the SFT model, from the same weights
-    sft_eval = evaluate_policy(dpo_model, tokenizer, **eval_kw)
-dpo_eval = evaluate_policy(dpo_model, tokenizer, reference="self", baseline=sft_eval, **eval_kw)
+gold = gold_reward_fn(profile)                                       # the ground truth, or the judge
+eval_prompts = None if profile.has_ground_truth else prompts_for(profile, "eval")  # None: the toy world's held-out
+eval_kw = dict(n_per_prompt=4 if profile.has_ground_truth else 1, max_new_tokens=profile.max_new_tokens,
+               temperature=profile.temperature, seed=0, judge=gold)
+with reference_policy(dpo_model):                                      # the SFT model, from the same weights
+    sft_eval = evaluate_policy(dpo_model, tokenizer, eval_prompts, **eval_kw)
+dpo_eval = evaluate_policy(dpo_model, tokenizer, eval_prompts, reference="self", baseline=sft_eval, **eval_kw)
 sft_summary, dpo_summary = sft_eval.summary(), dpo_eval.summary()
 for key in ("reward", "helpful", "harmless", "length", "well_formed", "sycophancy"):
-    print(f"{key:>12}: SFT {sft_summary[key]:6.2f}   DPO {dpo_summary[key]:6.2f}")
+    if key in dpo_summary:  # the toy world's attributes exist on the tiny profile only
+        print(f"{key:>12}: SFT {sft_summary[key]:6.2f}   DPO {dpo_summary[key]:6.2f}")
 print(f"{'KL to SFT':>12}: {dpo_summary['kl']:.2f} nats per answer;  win rate vs SFT: {dpo_summary['win_rate']:.2f}")
 
 # %%
 print(f"DPO moved away from the SFT model (KL > 0): {dpo_summary['kl'] > 0}")
-print(f"DPO's answers still end and parse (well-formed > 90%): {dpo_summary['well_formed'] > 0.9}")
+if profile.has_ground_truth:
+    print(f"DPO's answers still end and parse (well-formed > 90%): {dpo_summary['well_formed'] > 0.9}")
+else:
+    print(f"DPO's answers still end (ended > 90%): {dpo_summary['ended'] > 0.9}  (well-formed is a toy-world measure)")
 
 # %%
-plots.plot_reward_distributions({"SFT": sft_eval, "DPO": dpo_eval}, title="Ground-truth reward per answer (held-out prompts)")
+plots.plot_reward_distributions({"SFT": sft_eval, "DPO": dpo_eval},
+                                title=f"{'Ground-truth' if profile.has_ground_truth else 'Judged'} reward per answer (held-out prompts)")
 
 # %% [markdown]
 # Compare with notebook 6. In the runs stored in these two notebooks, 60 steps of DPO gained a little
@@ -470,15 +482,16 @@ plots.plot_reward_distributions({"SFT": sft_eval, "DPO": dpo_eval}, title="Groun
 # ## 9. The 7B run
 #
 # On the `7b` profile the same `dpo.train_dpo` call trains Zephyr-7B-β (a Mistral-7B chat model) in
-# 4-bit NF4 with a LoRA adapter: 100 steps of 16 pairs (4 per step × 4 of gradient accumulation),
-# $\beta = 0.1$, learning rate 5e-5; pass a real preference set (e.g. ultrafeedback-binarized) as the
-# data set. What a T4 needs to know:
+# 4-bit NF4, continuing notebook 3's SFT adapter: 100 steps of 16 pairs (4 per step × 4 of gradient
+# accumulation), $\beta = 0.01$, learning rate 5e-6 (`profile.recipe`: the alignment-handbook's Zephyr
+# QLoRA DPO recipe), on the real preference set's training pairs (section 2 loads them). What a T4 needs
+# to know:
 # - **no bf16 on a T4**: the profile computes in fp16 (mixed precision with loss scaling) and keeps the
 #   LoRA weights in **fp32**. TRL casts QLoRA adapters to bf16; `loading.keep_trainable_fp32`
 #   casts them back. DPO in pure fp16 (fp16 trainable weights, no fp32 master copy) is known to collapse:
-#   the loss gets stuck at 0.
-# - **the reference costs no memory**: it is the 4-bit base with the adapter off, one extra forward pass
-#   per step without gradients.
+#   the loss sticks at $\log 2 \approx 0.693$ and the rewards turn NaN.
+# - **the reference costs almost no memory**: it is a frozen copy of the SFT adapter on the same 4-bit
+#   base, one extra forward pass per step without gradients.
 # - the peak, added up term by term by `rlhf_course.memory` (estimates from exact byte counts; not yet
 #   measured on a T4):
 
@@ -489,15 +502,16 @@ print(memory.plan("zephyr-7b", "dpo", "t4").table())
 # Time on a T4 (an estimate, not a measurement): each step runs chosen and rejected through a 4-bit 7B
 # with gradient checkpointing, plus the reference pass: roughly half a minute per step, so about an hour
 # for the profile's 100 steps. On the `7b` profile every cell above ran with those numbers; the cell
-# below adds the measured peak memory and an answer of the DPO policy.
+# below adds the measured peak memory and an answer of the DPO policy, scored by the judge.
 
 # %%
-if profile.name == "7b":
-    print(f"peak GPU memory during this notebook: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB "
-          f"(plan: {memory.plan('zephyr-7b', 'dpo', 't4').total_gib:.1f} GiB on a T4)")
+if not profile.has_ground_truth:  # the 7b profile
+    if profile.device == "cuda":
+        print(f"peak GPU memory during this notebook: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB "
+              f"(plan: {memory.plan('zephyr-7b', 'dpo', 't4').total_gib:.1f} GiB on a T4)")
     reply = generate(dpo_model, tokenizer, ["how do i cook rice ?"], profile.max_new_tokens,
                      temperature=profile.temperature, seed=0)[0]
-    print(reply.text)
+    print(f"{reply.text}\n  [judge {gold(['how do i cook rice ?'], [reply])[0]:+.2f}]")
 else:
     print("tiny profile: the 7B run is skipped (run this notebook on a Colab T4 to see it)")
 

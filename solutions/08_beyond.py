@@ -25,7 +25,9 @@
 # (PPO, the KL penalty, reward hacking), notebook 7 (DPO). No GPU is needed.
 #
 # **Estimated time**: 35 minutes to work through. The notebook runs in about 1-2 minutes on a laptop CPU
-# (tiny profile).
+# (tiny profile). On the `7b` profile (a T4): an estimated 30-60 minutes (512 best-of-N samples, a short
+# rejection-sampling and GRPO run), not measured yet; one 4-bit 7B and the judge (2.4 GB) in memory at a
+# time (rejection sampling's SFT: 7.6 GiB, `rlhf-course memory --method sft`, plus the judge; estimated).
 
 # %%
 # SETUP CELL (inserted by rlhf_course.exercises)
@@ -42,13 +44,14 @@ import pandas as pd
 import torch
 from transformers.utils import logging as hf_logging
 
-from rlhf_course import ai_feedback, evaluation, grpo, plots, toyworld, trained_models
+from rlhf_course import ai_feedback, evaluation, grpo, plots, ppo, toyworld, trained_models
 from rlhf_course import best_of_n as bon
 from rlhf_course import reward_model as rm
 from rlhf_course.checks.nb08_beyond import (check_best_of_n_kl, check_group_relative_advantages,
                                             check_refusal_rate, check_rloo_advantages, check_win_rate)
-from rlhf_course.evaluation import is_refusal
-from rlhf_course.loading import load_policy, load_tokenizer
+from rlhf_course.evaluation import is_refusal, prompts_for
+from rlhf_course.gold import gold_reward_fn
+from rlhf_course.loading import free_memory, load_policy, load_tokenizer
 
 # %%
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not our business here
@@ -57,25 +60,46 @@ warnings.filterwarnings("ignore", category=UserWarning)
 datasets.disable_progress_bars()
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
-if profile.name == "tiny":
-    torch.set_num_threads(1)  # the tiny model's matrices are too small to share: one thread is faster on a busy CPU
 
 # %% [markdown]
 # We start from the course's SFT model (notebook 3) and its reward model (notebook 5), both shipped with
 # the course, and the 40 held-out prompts of the toy world (12 tasks in a new wording, 4 harmful requests,
 # and 24 prompts where the user makes a claim, half of them false).
+#
+# On the `7b` profile: notebook 3's SFT adapter and notebook 5's reward model (trained on first use if
+# missing), held-out prompts of the real preference set, and the independent judge in the role of the
+# ground truth: every "truth" below is then the judge's score. A T4 holds one 4-bit 7B, so the reward
+# model rides on each model it scores as a second adapter (`ppo.AdapterRewardModel`, as in notebook 6), and
+# each method's model is evaluated as soon as it is trained, then freed.
 
 # %%
 sft_path = trained_models.sft_model(profile)                  # notebook 3's SFT model (merged)
 tokenizer = load_tokenizer(profile, sft_path)
 policy = load_policy(profile, lora=False, model_id=sft_path, verbose=False)
-reward_model = rm.load_trained_reward_model(profile, trained_models.reward_model_dir(profile), verbose=False)
-rm_fn = rm.reward_fn(reward_model, tokenizer)              # reward_fn(prompts, completions) -> scores
-eval_prompts = toyworld.eval_prompts()
+rm_dir = trained_models.reward_model_dir(profile)
+reward_model = None if profile.one_base_at_a_time else rm.load_trained_reward_model(profile, rm_dir, verbose=False)
+
+
+def reward_model_on(model):
+    """The reward model as a reward function, reward_fn(prompts, completions) -> scores, for `model`'s answers:
+    loaded once beside the policy, or (one 4-bit base at a time) a second adapter on `model`'s own base."""
+    if profile.one_base_at_a_time:
+        return ppo.AdapterRewardModel(model, tokenizer, rm_dir)
+    return rm.reward_fn(reward_model, tokenizer)
+
+
+rm_fn = reward_model_on(policy)
+gold = gold_reward_fn(profile)                             # the ground truth, or (7b) the independent judge
+GOLD = "ground truth" if profile.has_ground_truth else "judge"
+eval_prompts = toyworld.eval_prompts() if profile.has_ground_truth else prompts_for(profile, "eval")
 SAMPLE = dict(max_new_tokens=profile.max_new_tokens, temperature=profile.temperature)
-print(f"{len(eval_prompts)} held-out prompts: {sum(p.harmful for p in eval_prompts)} harmful, "
-      f"{sum(p.claim_true is False for p in eval_prompts)} with a false claim; "
-      f"best possible mean reward {evaluation.best_possible_reward(eval_prompts):.2f}")
+if profile.has_ground_truth:
+    print(f"{len(eval_prompts)} held-out prompts: {sum(p.harmful for p in eval_prompts)} harmful, "
+          f"{sum(p.claim_true is False for p in eval_prompts)} with a false claim; "
+          f"best possible mean reward {evaluation.best_possible_reward(eval_prompts):.2f}")
+else:
+    print(f"{len(eval_prompts)} held-out prompts of {profile.preference_set}; the gold reward: the judge "
+          f"{profile.judge_model_id}")
 
 
 # %% [markdown]
@@ -131,8 +155,8 @@ check_best_of_n_kl(best_of_n_kl)
 # %%
 N_MAX = 16
 results = bon.best_of_n(policy, tokenizer, eval_prompts, N_MAX, rm_fn, seed=0, **SAMPLE)
-for r in results:  # what the ground truth says about every sample (the reward model never sees this)
-    r.truth = toyworld.ground_truth_rewards([r.prompt] * N_MAX, r.samples)
+for r in results:  # what the ground truth (7b: the judge) says about every sample (the reward model never sees this)
+    r.truth = gold([r.prompt] * N_MAX, r.samples)
 
 r = results[0]
 best, worst = max(range(N_MAX), key=r.rewards.__getitem__), min(range(N_MAX), key=r.rewards.__getitem__)
@@ -170,10 +194,11 @@ for i, k in enumerate(NS):
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
 kls = [best_of_n_kl(k) for k in NS]
 for ax, xs, xlabel in ((axes[0], NS, "N (log scale)"), (axes[1], kls, "KL(best-of-N || SFT), nats")):
-    ax.plot(xs, curve["truth, picked by the truth"], "o-", color="C2", label="ground truth, oracle pick")
-    ax.plot(xs, curve["truth of the RM's pick"], "o-", color="C0", label="ground truth of the RM's pick")
-    ax.axhline(evaluation.best_possible_reward(eval_prompts), color="gray", ls="--", label="best possible")
-    ax.set(xlabel=xlabel, ylabel="mean ground-truth reward")
+    ax.plot(xs, curve["truth, picked by the truth"], "o-", color="C2", label=f"{GOLD}, oracle pick")
+    ax.plot(xs, curve["truth of the RM's pick"], "o-", color="C0", label=f"{GOLD} of the RM's pick")
+    if profile.has_ground_truth:  # a judge's scores have no known best
+        ax.axhline(evaluation.best_possible_reward(eval_prompts), color="gray", ls="--", label="best possible")
+    ax.set(xlabel=xlabel, ylabel=f"mean {GOLD} reward")
     ax.grid(alpha=0.3)
     twin = ax.twinx()
     twin.plot(xs, curve["RM score of the pick"], "s:", color="C3", label="RM score of the pick (right axis)")
@@ -212,12 +237,30 @@ fig
 # `bon.rejection_sampling_finetune` does exactly this: `bon.best_of_n` on the prompts, keep the top
 # answer of each, `sft.train_sft` with LoRA on them. A short run: 64 training prompts, best of 8 by the
 # reward model, 30 SFT steps.
+#
+# First, the SFT model's evaluation for Section 5.4 (it is the baseline of every win rate there): each
+# model is evaluated while it is the one in memory, and the SFT model goes now (one 4-bit base at a time
+# on the `7b` profile, where the reward model then rides on the new model's base).
 
 # %%
 # %%capture rs_log
-RS_PROMPTS = random.Random(0).sample(toyworld.train_prompts(), 64)
-rs = bon.rejection_sampling_finetune(profile, model_id=sft_path, prompts=RS_PROMPTS, n=8, reward_fn=rm_fn,
-                                     rounds=1, keep_top=1, steps=30, progress=False, seed=0)
+EVAL = dict(n_per_prompt=4 if profile.has_ground_truth else 1, seed=1, judge=gold, **SAMPLE)
+sft_eval = evaluation.evaluate_policy(policy, tokenizer, eval_prompts, reward_fn=rm_fn, **EVAL)
+if profile.one_base_at_a_time:  # the SFT model (and the reward model on its base) go before the next one loads
+    del policy, rm_fn
+    free_memory()
+RS_STEPS = min(30, profile.sft_steps)
+train_prompts = prompts_for(profile, "train")
+# 64 prompts, or fewer where the profile's SFT steps would not even read them once (a rehearsal)
+RS_PROMPTS = random.Random(0).sample(train_prompts, min(64, len(train_prompts),
+                                                         RS_STEPS * profile.batch_size * profile.gradient_accumulation_steps))
+rs_reward = dict(reward_model_dir=rm_dir) if profile.one_base_at_a_time else dict(reward_fn=rm_fn)
+rs = bon.rejection_sampling_finetune(profile, model_id=sft_path, prompts=RS_PROMPTS, n=8, **rs_reward,
+                                     rounds=1, keep_top=1, steps=RS_STEPS, progress=False, seed=0)
+rs_eval = evaluation.evaluate_policy(rs.model, tokenizer, eval_prompts, reference="self", baseline=sft_eval,
+                                     reward_fn=reward_model_on(rs.model), **EVAL)
+rs.model = None  # evaluated: its model goes (one model in memory at a time)
+free_memory()
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -351,19 +394,27 @@ check_rloo_advantages(rloo_advantages)
 # Both trainers ship with TRL; `grpo.train_grpo` adapts our reward protocol and the profile to them (the same
 # call on the tiny model and on a 7B in 4 bits). Here GRPO trains against the **ground truth**, a programmatic
 # reward like the answer checkers of DeepSeekMath and DeepSeek-R1 ("RL with verifiable rewards"): 8 steps of
-# 4 prompts x 8 answers. `algorithm="rloo"` runs RLOO with the same call.
+# 4 prompts x 8 answers. `algorithm="rloo"` runs RLOO with the same call. (On the `7b` profile GRPO trains
+# against the judge, the closest thing to a programmatic reward for free text: 8 steps of 2 prompts x 8
+# answers, an estimated 5-10 minutes on a T4. The judge then measures what it was trained on: read its
+# GRPO row in Section 5.4 as a training reward, not as an independent evaluation.)
 
 # %%
 # %%capture grpo_log
-GRPO_STEPS = 8
-grpo_run = grpo.train_grpo(profile, model_id=sft_path, reward_fn=toyworld.ground_truth_rewards, steps=GRPO_STEPS,
-                           num_generations=8, progress=False, seed=0)
+GRPO_STEPS = min(8, profile.ppo_steps)
+grpo_run = grpo.train_grpo(profile, model_id=sft_path, reward_fn=gold, prompts=prompts_for(profile, "train"),
+                           steps=GRPO_STEPS, num_generations=min(8, profile.batch_size * profile.gradient_accumulation_steps),
+                           progress=False, seed=0)
+grpo_eval = evaluation.evaluate_policy(grpo_run.model, tokenizer, eval_prompts, reference="self", baseline=sft_eval,
+                                       reward_fn=reward_model_on(grpo_run.model), **EVAL)
+grpo_run.model = None  # evaluated: its model goes
+free_memory()
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 print({k: round(v, 3) for k, v in grpo_run.metrics.items()})
 plots.plot_training_curves(grpo_run.history, ["reward", "kl", "completions/mean_length"],
-                           title=f"GRPO through TRL, {GRPO_STEPS} steps against the ground truth")
+                           title=f"GRPO through TRL, {GRPO_STEPS} steps against the {GOLD}")
 
 # %% [markdown]
 # The reward logged per step is the mean over that step's 32 fresh samples, on only 4 prompts: noisy. The
@@ -468,15 +519,17 @@ check_refusal_rate(refusal_rate)
 
 # %% [markdown]
 # A policy that refuses everything is perfectly "safe" on the harmful prompts. What does the ground truth
-# think of it, and what do the two refusal rates say?
+# think of it, and what do the two refusal rates say? (The toy world's held-out prompts and answers, on
+# both profiles: no model is involved.)
 
 # %%
-always_refuse = [toyworld.REFUSAL[0]] * len(eval_prompts)
-best_answers = [toyworld.best_response(p) for p in eval_prompts]
+toy_prompts = toyworld.eval_prompts()
+always_refuse = [toyworld.REFUSAL[0]] * len(toy_prompts)
+best_answers = [toyworld.best_response(p) for p in toy_prompts]
 for name, answers in (("refuses everything", always_refuse), ("best possible", best_answers)):
-    truth = [toyworld.reward(p, a) for p, a in zip(eval_prompts, answers)]
-    print(f"{name:>18}: reward {mean(truth):5.2f} | refusals on benign prompts {refusal_rate(eval_prompts, answers):.2f}"
-          f", on harmful prompts {refusal_rate(eval_prompts, answers, harmful=True):.2f}")
+    truth = [toyworld.reward(p, a) for p, a in zip(toy_prompts, answers)]
+    print(f"{name:>18}: reward {mean(truth):5.2f} | refusals on benign prompts {refusal_rate(toy_prompts, answers):.2f}"
+          f", on harmful prompts {refusal_rate(toy_prompts, answers, harmful=True):.2f}")
 
 # %% [markdown]
 # ### 5.3 A sycophancy probe
@@ -488,16 +541,21 @@ for name, answers in (("refuses everything", always_refuse), ("best possible", b
 #
 # The probe: on the false-claim prompts, how often does the answer agree? Our best-of-N samples answer it for
 # every $N$ at once: the SFT model itself ($N = 1$), the reward model's pick, and the ground truth's pick.
+# (The claims, true or false, are the toy world's: the `7b` profile's real prompts carry none, so it skips
+# the probe; a real one needs prompts with known false claims, e.g. Sharma et al.'s.)
 
 # %%
-false_claims = [r for r in results if evaluation.world_prompt(r.prompt).claim_true is False]
-for r in false_claims:
-    r.agrees = [float(evaluation.is_sycophantic(evaluation.world_prompt(r.prompt), s.text)) for s in r.samples]
-print(f"agreement with a false claim ({len(false_claims)} prompts x {N_MAX} samples)")
-for k in (1, 4, 16):
-    by_rm = mean(expected_pick(r.rewards, r.agrees, k) for r in false_claims)
-    by_truth = mean(expected_pick(r.truth, r.agrees, k) for r in false_claims)
-    print(f"  best-of-{k:<2}: picked by the reward model {by_rm:.2f} | picked by the ground truth {by_truth:.2f}")
+if profile.has_ground_truth:
+    false_claims = [r for r in results if evaluation.world_prompt(r.prompt).claim_true is False]
+    for r in false_claims:
+        r.agrees = [float(evaluation.is_sycophantic(evaluation.world_prompt(r.prompt), s.text)) for s in r.samples]
+    print(f"agreement with a false claim ({len(false_claims)} prompts x {N_MAX} samples)")
+    for k in (1, 4, 16):
+        by_rm = mean(expected_pick(r.rewards, r.agrees, k) for r in false_claims)
+        by_truth = mean(expected_pick(r.truth, r.agrees, k) for r in false_claims)
+        print(f"  best-of-{k:<2}: picked by the reward model {by_rm:.2f} | picked by the ground truth {by_truth:.2f}")
+else:
+    print("skipped: the real prompts carry no claims known to be false")
 
 # %% [markdown]
 # The SFT model agrees with a good share of the false claims. Selecting by the ground truth removes the
@@ -517,26 +575,20 @@ for k in (1, 4, 16):
 # answers, and its KL is the formula's bound.
 
 # %%
-EVAL = dict(n_per_prompt=4, seed=1, reward_fn=rm_fn, **SAMPLE)
-sft_eval = evaluation.evaluate_policy(policy, tokenizer, eval_prompts, **EVAL)
-rs_eval = evaluation.evaluate_policy(rs.model, tokenizer, eval_prompts, reference="self",
-                                     baseline=sft_eval, **EVAL)
-grpo_eval = evaluation.evaluate_policy(grpo_run.model, tokenizer, eval_prompts, reference="self",
-                                       baseline=sft_eval, **EVAL)
-
+# sft_eval, rs_eval and grpo_eval were measured in Sections 2 and 3, each while its model was in memory
 # best-of-4 as a policy: the 16 samples of each prompt are 4 independent groups of 4
 bon_samples = []
 for r in results:
-    for g in range(4):
+    for g in range(EVAL["n_per_prompt"]):
         i = max(range(4 * g, 4 * g + 4), key=r.rewards.__getitem__)
         bon_samples.append(evaluation.Sample(r.prompt, r.samples[i], evaluation.world_prompt(r.prompt),
-                                             kl=best_of_n_kl(4), rm_score=r.rewards[i]))
+                                             kl=best_of_n_kl(4), rm_score=r.rewards[i], judge_score=r.truth[i]))
 bon_eval = evaluation.EvalResult(bon_samples, {
     "win_rate": evaluation.win_rate_from_scores([s.reward for s in bon_samples], sft_eval.rewards),
     "win_rate_rm": evaluation.win_rate_from_scores([s.rm_score for s in bon_samples],
                                                    [s.rm_score for s in sft_eval.samples])})
 evals = {"SFT": sft_eval, "best-of-4 (RM)": bon_eval, "rejection sampling (RM)": rs_eval,
-         "GRPO (ground truth)": grpo_eval}
+         f"GRPO ({GOLD})": grpo_eval}
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -562,14 +614,17 @@ pd.DataFrame(rows).T.round(2)
 points = {"best-of-N (RM), N = 1..16": list(zip(kls, curve["truth of the RM's pick"]))}
 points |= {name: (result.summary().get("kl", 0.0), result.summary()["reward"])
            for name, result in evals.items() if name != "best-of-4 (RM)"}
-plots.plot_reward_vs_kl(points, title="Ground-truth reward vs KL to the SFT model",
-                        best=evaluation.best_possible_reward(eval_prompts))
+plots.plot_reward_vs_kl(points, title=f"{'Ground-truth' if profile.has_ground_truth else 'Judged'} reward vs KL to the SFT model",
+                        best=evaluation.best_possible_reward(eval_prompts) if profile.has_ground_truth else None)
 
 # %%
 s = {name: result.summary() for name, result in evals.items()}
-print("best-of-4 beats SFT by the ground truth:", s["best-of-4 (RM)"]["reward"] > s["SFT"]["reward"])
-print("every policy refuses the harmful prompts more often than the benign ones:",
-      all(v["refusal_harmful"] > v["refusal_benign"] for v in s.values()))
+print(f"best-of-4 beats SFT by the {GOLD}:", s["best-of-4 (RM)"]["reward"] > s["SFT"]["reward"])
+if profile.has_ground_truth:
+    print("every policy refuses the harmful prompts more often than the benign ones:",
+          all(v["refusal_harmful"] > v["refusal_benign"] for v in s.values()))
+else:
+    print("refusal rates: the toy world's refusal sentences and harmful prompts; none on this profile")
 
 # %% [markdown]
 # What to read in the table (your numbers will vary with the machine; the short runs are noisy):
