@@ -144,7 +144,13 @@ def call(fn, *args, **kwargs):
     names = _argument_names(fn, args, kwargs) + [f"`{k}`" for k in kwargs]
     values = list(args) + list(kwargs.values())
     before = [_snapshot(v) for v in values]
-    out = fn(*args, **kwargs)
+    try:
+        out = fn(*args, **kwargs)
+    except RuntimeError as err:  # autograd refuses some in-place writes before we could see them
+        if "in-place operation" not in str(err) and "inplace operation" not in str(err):
+            raise
+        graded = [n for n, v in zip(names, values) if isinstance(v, torch.Tensor) and v.requires_grad]
+        raise CheckFailed(in_place_message((graded or names or ["an input"])[0].strip("`"))) from None
     for name, b, v in zip(names, before, values):
         if b is None:
             continue
