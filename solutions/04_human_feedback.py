@@ -38,7 +38,7 @@ from transformers.utils import logging as hf_logging
 
 from rlhf_course import toyworld, trained_models
 from rlhf_course.ai_feedback import CONSTITUTION, GroundTruthJudge, judge_agreement, judge_prompt, make_judge
-from rlhf_course.checks.nb04_human_feedback import (check_bt_probability, check_cohen_kappa, check_labels_to_records,
+from rlhf_course.checks.nb04_human_feedback import (check_bradley_terry, check_cohen_kappa, check_labels_to_records,
                                                     check_majority)
 from rlhf_course.iterative import LoopConfig, iterative_loop, plot_rounds
 from rlhf_course.labelling import (LabellingSession, Pair, compare_labels, label_pairs, labelling_widget,
@@ -226,7 +226,20 @@ print("decisions:", dict(Counter(label.decision for label in labels)),
 # `prompt` is a user message, and `chosen` and `rejected` are assistant messages. Ties and skips
 # are dropped, because they do not say which answer is better. `margin` is `much_better_margin` for
 # a "much better" label and `0.0` otherwise. A label has the fields `prompt`, `answer_a`,
-# `answer_b` (as shown), `decision` and `much_better`.
+# `answer_b` (as shown), `decision` and `much_better`. (The package's version,
+# `labelling.labels_to_preferences`, also keeps each pair's id.)
+#
+# **Mistakes the check names**: ties and skips kept; chosen and rejected swapped; a "b" label that keeps
+# answer A as chosen; plain strings instead of messages; a missing field; a wrong margin (one value for
+# every label, or a margin where the label is not "much better"); the `labels` list changed in place.
+#
+# <details><summary>Hint 2 (one record)</summary>
+#
+# For a label with `decision == "b"`: `{"prompt": [{"role": "user", "content": label.prompt}],
+# "chosen": [{"role": "assistant", "content": label.answer_b}], "rejected": [{"role": "assistant",
+# "content": label.answer_a}], "margin": much_better_margin if label.much_better else 0.0}`.
+#
+# </details>
 
 # %%
 def labels_to_records(labels, much_better_margin=1.0):
@@ -234,7 +247,7 @@ def labels_to_records(labels, much_better_margin=1.0):
     records = []
     # SOLUTION
     # STUB pass
-    # HINT decision "a" means answer_a is chosen; "b" means answer_b is chosen; skip the others
+    # HINT the decision says which answer is chosen; a tie or a skip says nothing about which is better
     for label in labels:
         if label.decision not in ("a", "b"):
             continue
@@ -251,7 +264,7 @@ def labels_to_records(labels, much_better_margin=1.0):
 
 
 # %%
-check_labels_to_records(labels_to_records)
+labels_to_records = check_labels_to_records(labels_to_records)
 
 # %%
 records = labels_to_preferences(labels)  # the package's version (it also keeps each pair's id)
@@ -275,21 +288,35 @@ print(f"{len(records)} preference records from {len(labels)} labels; valid: {val
 # %% [markdown]
 # ### Exercise 4.2 — The Bradley-Terry probability
 # *Difficulty ●○○ · importance: high (the same formula is the reward model's loss and DPO's) · about 5 minutes ·
-# checked against the formula on random utilities and against `toyworld.Labeller` on a real pair.*
+# checked against the formula for six temperatures, at a gap of 3000 temperatures (section 4 uses a
+# labeller with T = 0.001), and against `toyworld.Labeller` on a real pair. The package's version is
+# `rlhf_course.labelling.bradley_terry`.*
+#
+# **Mistakes the check names**: the sign reversed; the temperature missing; the gap multiplied by the
+# temperature instead of divided; `math.exp` overflowing at a huge gap; one temperature only.
+#
+# <details><summary>Hint 2 (the formula, without overflow)</summary>
+#
+# `z = (u_a - u_b) / temperature`, and $\sigma(z) = 1 / (1 + e^{-z})$. For a very negative `z`, `math.exp(-z)`
+# overflows: there use the same value written as `math.exp(z) / (1 + math.exp(z))`.
+#
+# </details>
 
 # %%
-def bt_probability(u_a: float, u_b: float, temperature: float) -> float:
+def bradley_terry(u_a: float, u_b: float, temperature: float) -> float:
     """P(a labeller prefers answer a to answer b) under Bradley-Terry with noise `temperature`."""
     # SOLUTION
     # STUB return 0.5
-    # HINT sigmoid(z) = 1 / (1 + exp(-z)); measure the utility gap in units of the temperature
+    # HINT measure the utility gap in units of the temperature, then squash it into a probability
     z = (u_a - u_b) / temperature
-    return 1 / (1 + math.exp(-z))
+    if z >= 0:
+        return 1 / (1 + math.exp(-z))
+    return math.exp(z) / (1 + math.exp(z))   # exp(-z) would overflow for a very negative z
     # END SOLUTION
 
 
 # %%
-check_bt_probability(bt_probability)
+bradley_terry = check_bradley_terry(bradley_terry)
 
 # %% [markdown]
 # Because each label is a random draw, even a perfect reward model cannot predict every label. The
@@ -348,6 +375,19 @@ for i, (name, labeller) in enumerate(labellers.items()):
 # ### Exercise 4.3 — Cohen's kappa
 # *Difficulty ●●○ · importance: medium (you will report it for every judge and every class) · about 10 minutes ·
 # checked on Wikipedia's example (kappa 0.4) and against `rlhf_course.labelling.cohen_kappa` on random ratings.*
+#
+# When both raters always gave the same single label, $p_e = 1$ and kappa is $0 / 0$: return `math.nan`.
+#
+# **Mistakes the check names**: the observed agreement $p_o$ returned as kappa; chance agreement taken as
+# 1 / (number of labels) instead of each rater's own rates; a division by zero when kappa is undefined.
+#
+# <details><summary>Hint 2 (the two agreements)</summary>
+#
+# `p_o = sum(a == b for a, b in zip(ratings_1, ratings_2)) / n`; with `count_1, count_2 = Counter(ratings_1),
+# Counter(ratings_2)`, `p_e = sum(count_1[k] * count_2[k] for k in count_1) / n**2`. Then
+# `(p_o - p_e) / (1 - p_e)`, or `math.nan` when `p_e == 1`.
+#
+# </details>
 
 # %%
 def cohen_kappa(ratings_1: list, ratings_2: list) -> float:
@@ -360,12 +400,12 @@ def cohen_kappa(ratings_1: list, ratings_2: list) -> float:
     p_o = sum(a == b for a, b in zip(ratings_1, ratings_2)) / n
     count_1, count_2 = Counter(ratings_1), Counter(ratings_2)
     p_e = sum(count_1[k] * count_2[k] for k in count_1) / n**2
-    return (p_o - p_e) / (1 - p_e)
+    return (p_o - p_e) / (1 - p_e) if p_e < 1 else math.nan
     # END SOLUTION
 
 
 # %%
-check_cohen_kappa(cohen_kappa)
+cohen_kappa = check_cohen_kappa(cohen_kappa)
 
 # %%
 careful, long_fan = crowd["careful (T = 0.1)"], crowd["likes long answers"]
@@ -528,6 +568,16 @@ print(result.summary())
 #
 # Given the answers the voters chose (one entry per vote), return the answer with the most votes. When
 # the top two tie, return `None`: an even split teaches nothing.
+#
+# **Mistakes the check names**: the first of two tied answers returned instead of `None`; no votes not
+# giving `None`; the `votes` list changed in place (sorted, say).
+#
+# <details><summary>Hint 2 (the tie test)</summary>
+#
+# `ranked = Counter(votes).most_common()`; return `None` if `ranked` is empty or
+# `ranked[0][1] == ranked[1][1]` (when there are two), else `ranked[0][0]`.
+#
+# </details>
 
 # %%
 def majority(votes: list[str]) -> str | None:
@@ -543,7 +593,7 @@ def majority(votes: list[str]) -> str | None:
 
 
 # %%
-check_majority(majority)
+majority = check_majority(majority)
 
 # %% [markdown]
 # The same merge runs from the command line. It prints the summary, writes a conversational
@@ -553,10 +603,13 @@ check_majority(majority)
 # ```bash
 # rlhf-course labels merge class_labels/ --out class_preferences.jsonl
 # ```
+#
+# In a notebook the cell below runs it as `python -m rlhf_course` with the notebook's own Python
+# (`sys.executable`), which works even where the environment's `bin` folder is not on the PATH.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-# !rlhf-course labels merge {class_dir} --out {WORK / "class_preferences.jsonl"}
+# !{sys.executable} -m rlhf_course labels merge {class_dir} --out {WORK / "class_preferences.jsonl"}
 
 # %%
 merged = load_preferences(WORK / "class_preferences.jsonl")
