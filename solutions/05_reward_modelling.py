@@ -110,23 +110,37 @@ for gap in (0.0, 0.5, 1.0, 2.0):  # r(x, y_c) - r(x, y_r)
 # notebook 7) · about 5 minutes · checked against `rlhf_course.reward_model.bradley_terry_loss` on random
 # rewards, and on one pair ranked wrong by a huge gap.*
 #
-# Given the rewards of the chosen and the rejected answers of a batch of pairs, return
-# $-\operatorname{mean}\log\sigma(r_c - r_r)$ as a scalar tensor.
+# Given the rewards of the chosen and the rejected answers of a batch of pairs, compute
+# $-\operatorname{mean}\log\sigma(r_c - r_r)$ as a scalar tensor. The function returns it with the
+# batch's accuracy, `(loss, accuracy)`, as the package's `rm.bradley_terry_loss` does (a loss comes
+# with its diagnostics); the accuracy line is given: you write it yourself in Exercise 5.2.
+#
+# **Mistakes the check names**: the sign of the gap flipped; the minus sign missing; the mean of sigmoid
+# instead of log-sigmoid; a sum instead of a mean; the mean taken inside the log; an infinite loss on a
+# pair ranked wrong by a huge gap (`log(sigmoid(x))`); no gradient; not `(loss, accuracy)`; an input
+# changed in place. It tries three reward scales.
+#
+# <details><summary>Hint 2 (the line)</summary>
+#
+# `loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()`.
+#
+# </details>
 
 # %%
-def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """InstructGPT's reward-model loss (arXiv:2203.02155, Eq. 1): -mean log sigmoid(r(x, y_c) - r(x, y_r)).
-    chosen_rewards, rejected_rewards: (B,). Returns a scalar ()."""
+    chosen_rewards, rejected_rewards: (B,). Returns (loss (), accuracy ()), as rm.bradley_terry_loss."""
     assert chosen_rewards.shape == rejected_rewards.shape and chosen_rewards.dim() == 1
     # SOLUTION
-    # STUB return torch.tensor(0.0)
-    # HINT F.logsigmoid(z) computes log(sigmoid(z)) without underflow
-    return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    # STUB loss = torch.tensor(0.0)
+    # HINT the negative log-likelihood of the labels; torch.nn.functional has a log-sigmoid that never underflows
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
     # END SOLUTION
+    return loss, rm.preference_accuracy(chosen_rewards, rejected_rewards)  # Exercise 5.2; the package's here
 
 
 # %%
-check_bradley_terry_loss(bradley_terry_loss)
+bradley_terry_loss = check_bradley_terry_loss(bradley_terry_loss)
 
 # %% [markdown]
 # Why `F.logsigmoid` and not `torch.log(torch.sigmoid(...))`? A pair ranked wrong by a gap of 400 has
@@ -159,24 +173,35 @@ for gap, grad in zip(chosen.tolist(), chosen.grad.tolist()):
 # A reward model's headline metric is the fraction of held-out pairs it ranks like the labeller:
 # $r(x, y_c) > r(x, y_r)$. A **tie** ranks nothing: predicting from a tie is a coin flip, right half
 # the time, so count it $1/2$. (TRL's logged `accuracy` counts ties as wrong. With float rewards ties are
-# rare, but a freshly initialised or collapsed model produces them.) Return a Python float.
+# rare, but a freshly initialised or collapsed model produces them.) Return a 0-dimensional tensor, as
+# the package's `rm.preference_accuracy` does.
+#
+# **Mistakes the check names**: ties counted as wrong; ties counted as right; chosen and rejected
+# swapped; a count instead of a fraction; an input changed in place.
+#
+# <details><summary>Hint 2 (wins and ties)</summary>
+#
+# `wins = (chosen_rewards > rejected_rewards).float()`, `ties = (chosen_rewards == rejected_rewards).float()`,
+# and the accuracy is `(wins + 0.5 * ties).mean()`.
+#
+# </details>
 
 # %%
-def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> float:
+def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
     """Fraction of pairs whose chosen answer gets the higher reward; a tie counts 1/2.
-    chosen_rewards, rejected_rewards: (B,)."""
+    chosen_rewards, rejected_rewards: (B,). Returns ()."""
     assert chosen_rewards.shape == rejected_rewards.shape and chosen_rewards.dim() == 1
     # SOLUTION
-    # STUB return 0.0
-    # HINT (a > b) is a bool tensor; .float().mean() turns it into a fraction
+    # STUB return torch.tensor(0.0)
+    # HINT a comparison of two tensors is a tensor of booleans, and the mean of 0s and 1s is a fraction
     wins = (chosen_rewards > rejected_rewards).float()   # (B,)
     ties = (chosen_rewards == rejected_rewards).float()  # (B,)
-    return (wins + 0.5 * ties).mean().item()
+    return (wins + 0.5 * ties).mean()
     # END SOLUTION
 
 
 # %%
-check_preference_accuracy(preference_accuracy)
+preference_accuracy = check_preference_accuracy(preference_accuracy)
 
 # %% [markdown]
 # ## 2. How much better? The margin loss (Llama 2)
@@ -218,22 +243,35 @@ fig
 # rewards and margins.*
 #
 # The stub below is the plain Bradley-Terry loss from Exercise 5.1: it ignores the margin. Make it
-# Llama 2's loss, with one margin per pair.
+# Llama 2's loss, with one margin per pair, returning `(loss, accuracy)` as
+# `rm.bradley_terry_loss(chosen, rejected, margin)` does.
+#
+# **Mistakes the check names**: the margin forgotten; the margin added instead of subtracted; the margin
+# outside the log-sigmoid; one margin for the whole batch; the sign of the gap flipped; an infinite loss
+# at a huge gap; an input changed in place. It tries three margin scales.
+#
+# <details><summary>Hint 2 (the line)</summary>
+#
+# `loss = -F.logsigmoid(chosen_rewards - rejected_rewards - margin).mean()`.
+#
+# </details>
 
 # %%
-def margin_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
+def margin_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
+                margin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Llama 2's reward-model loss (arXiv:2307.09288, Eq. 2): -mean log sigmoid(r_c - r_r - m(r)).
-    chosen_rewards, rejected_rewards, margin: (B,). Returns a scalar ()."""
+    chosen_rewards, rejected_rewards, margin: (B,). Returns (loss (), accuracy ()), as rm.bradley_terry_loss."""
     assert chosen_rewards.shape == rejected_rewards.shape == margin.shape
     # SOLUTION
     # STUB return bradley_terry_loss(chosen_rewards, rejected_rewards)
-    # HINT the margin is subtracted from the reward gap, inside the log-sigmoid
-    return -F.logsigmoid(chosen_rewards - rejected_rewards - margin).mean()
+    # HINT where does a margin change what the loss asks of the reward gap?
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards - margin).mean()
+    return loss, rm.preference_accuracy(chosen_rewards, rejected_rewards)
     # END SOLUTION
 
 
 # %%
-check_margin_loss(margin_loss)
+margin_loss = check_margin_loss(margin_loss)
 
 # %% [markdown]
 # Suppose a reward model ranks every hand-written pair right, by a gap of 1. The plain loss is content;
@@ -264,6 +302,16 @@ for m in (0, 1, 2, 3):
 # ### Exercise 5.4 — The Bayes limit
 # *Difficulty ●○○ · importance: high (it tells you when to stop tuning) · about 5 minutes · checked against
 # `toyworld.bayes_accuracy` on random probabilities and on toy-world pairs.*
+#
+# **Mistakes the check names**: 100% (labels are random draws); the mean of `p_chosen` (a second
+# labeller's agreement); the error rate $\min(p, 1-p)$; the share of labels that went the likely way (a
+# 0/1 outcome instead of a probability); the list changed in place.
+#
+# <details><summary>Hint 2 (the formula)</summary>
+#
+# The mean over the pairs of $\max(p, 1 - p)$: `sum(max(p, 1 - p) for p in p_chosen) / len(p_chosen)`.
+#
+# </details>
 
 # %%
 def bayes_accuracy(p_chosen: list[float]) -> float:
@@ -272,13 +320,13 @@ def bayes_accuracy(p_chosen: list[float]) -> float:
     assert len(p_chosen) > 0
     # SOLUTION
     # STUB return 1.0
-    # HINT the best model predicts the more likely label of each pair
+    # HINT the best model predicts the more likely label of each pair: how often is that prediction right?
     return sum(max(p, 1 - p) for p in p_chosen) / len(p_chosen)
     # END SOLUTION
 
 
 # %%
-check_bayes_accuracy(bayes_accuracy)
+bayes_accuracy = check_bayes_accuracy(bayes_accuracy)
 
 # %% [markdown]
 # On the shipped data sets (labeller temperature $T = 0.2$), the limit is well below 1. The mean of
@@ -542,28 +590,44 @@ for attribute in ("helpful", "harmless"):
 # `center_rewards_coefficient` above (Eisenstein et al. 2023, arXiv:2312.09244).
 #
 # ### Exercise 5.5 — Llama 2's rule for two reward models
-# *Difficulty ●●○ · importance: medium · about 10 minutes · checked against `rlhf_course.reward_model.combine_rewards`
-# (with `whiten_rewards=False`) on random rewards and flags.*
+# *Difficulty ●●○ · importance: medium · about 10 minutes · checked against `rlhf_course.reward_model.combine_rewards`,
+# whose signature it has, on random rewards and flags for three thresholds, without flags, and whitened.*
 #
-# Return $R_c$ before whitening (the package's `combine_rewards` whitens it afterwards).
+# Write the rule that gives $R_c$; the whitening line is given.
+#
+# **Mistakes the check names**: the helpfulness reward everywhere; only the unsafe flag switching to
+# safety; the flag ignored; the threshold applied to the raw reward instead of $\sigma(R_s)$; the
+# comparison reversed; both conditions required instead of either; the two rewards swapped; a weighted
+# sum instead of a choice; whitening when `whiten_rewards` is False (or not when True); an input changed
+# in place.
+#
+# <details><summary>Hint 2 (the condition)</summary>
+#
+# `use_safety = torch.sigmoid(harmless) < safety_threshold`, or'ed with `unsafe` when it is given; then
+# `torch.where(use_safety, harmless, helpful)`.
+#
+# </details>
 
 # %%
-def combine_rewards(helpful: torch.Tensor, harmless: torch.Tensor, unsafe: torch.Tensor,
-                    safety_threshold: float = 0.15) -> torch.Tensor:
-    """Llama 2's combined reward (arXiv:2307.09288, Sec. 3.2.3), before whitening.
-    helpful (R_h), harmless (R_s): (N,) reward-model outputs; unsafe: (N,) bool, the prompt is flagged unsafe.
-    Returns (N,)."""
-    assert helpful.shape == harmless.shape == unsafe.shape and helpful.dim() == 1
+def combine_rewards(helpful: torch.Tensor, harmless: torch.Tensor, *, unsafe: torch.Tensor | None = None,
+                    safety_threshold: float = 0.15, whiten_rewards: bool = True) -> torch.Tensor:
+    """Llama 2's combined reward (arXiv:2307.09288, Sec. 3.2.3), as rm.combine_rewards.
+    helpful (R_h), harmless (R_s): (N,) reward-model outputs; unsafe: (N,) bool, the prompt is flagged unsafe
+    (None: no flags). Returns (N,), whitened over the batch when whiten_rewards."""
+    assert helpful.shape == harmless.shape and helpful.dim() == 1
     # SOLUTION
-    # STUB return helpful
-    # HINT torch.where(condition, a, b) takes a where condition is True, else b
-    use_safety = unsafe | (torch.sigmoid(harmless) < safety_threshold)   # (N,) bool
-    return torch.where(use_safety, harmless, helpful)
+    # STUB combined = helpful
+    # HINT two conditions hand the decision to the safety model; torch.where picks between two tensors
+    use_safety = torch.sigmoid(harmless) < safety_threshold             # (N,) bool
+    if unsafe is not None:
+        use_safety = use_safety | unsafe.bool()
+    combined = torch.where(use_safety, harmless, helpful)               # (N,)
     # END SOLUTION
+    return rm.whiten(combined) if whiten_rewards else combined
 
 
 # %%
-check_combine_rewards(combine_rewards)
+combine_rewards = check_combine_rewards(combine_rewards)
 
 # %% [markdown]
 # Now compare Llama 2's rule with the obvious alternative, a weighted sum of the two (whitened) rewards
