@@ -1,6 +1,6 @@
 """Evaluation: how good is a policy, measured against the ground truth the toy world knows exactly.
 
-    result = evaluate_policy(policy, tok, reference="self", reward_fn=rm_fn, baseline=sft_result)
+    result = evaluate_policy(policy, tok, reference="self", reward_fn=rm_fn, baseline=sft_result, **protocol(profile))
     result.summary()  # {'reward': 0.41, 'helpful': ..., 'kl': 3.2, 'win_rate': 0.71, ...}
 
 For each held-out prompt we sample a few answers at the profile's temperature (the distribution RL
@@ -287,6 +287,18 @@ class EvalResult:
     def rewards(self) -> list[float]:
         """Each answer's gold reward: ground truth, or the judge's score (`plots.plot_reward_distributions`)."""
         return [s.reward for s in self.samples]
+
+
+def protocol(profile) -> dict:
+    """The course's one evaluation protocol, as keyword arguments of `evaluate_policy`: the held-out prompts
+    (the default), 4 answers to each, sampled at the profile's temperature and answer length with seed 0,
+    in batches of 64. Every notebook evaluates every model with it, so one model shows one number
+    everywhere (the base model in notebooks 0 and 3, the SFT model in 2, 3, 6, 7 and 8), and the
+    iterative loop and the pipeline use the same numbers.
+
+        evaluate_policy(model, tokenizer, **protocol(profile))"""
+    return dict(n_per_prompt=4, max_new_tokens=profile.max_new_tokens, temperature=profile.temperature, seed=0,
+                batch_size=64)
 
 
 def evaluate_policy(model, tokenizer, prompts: list | None = None, *, n_per_prompt: int = 4,

@@ -36,7 +36,7 @@ from transformers.utils import logging as hf_logging
 from rlhf_course import toyworld, trained_models
 from rlhf_course.checks.nb02_policy_gradients import (check_compute_gae, check_masked_whiten, check_reinforce_loss,
                                                       check_sequence_logprob)
-from rlhf_course.evaluation import evaluate_policy
+from rlhf_course.evaluation import evaluate_policy, protocol
 from rlhf_course.loading import load_policy, load_tokenizer
 from rlhf_course.logprobs import completion_logprobs
 from rlhf_course.plots import plot_training_curves
@@ -468,8 +468,7 @@ sft_path = trained_models.sft_model(profile)   # the course's SFT model (a 7B ch
 tokenizer = load_tokenizer(profile, sft_path)
 torch.manual_seed(0)
 policy = load_policy(profile, model_id=sft_path)   # + a fresh LoRA adapter: the only trained weights
-before = evaluate_policy(policy, tokenizer, n_per_prompt=2, temperature=profile.temperature,
-                         max_new_tokens=profile.max_new_tokens)
+before = evaluate_policy(policy, tokenizer, **protocol(profile))   # the course's one evaluation protocol
 print(f"mean ground-truth reward on the held-out prompts before REINFORCE: {before.summary()['reward']:.3f}")
 
 # %%
@@ -511,8 +510,7 @@ plot_training_curves(history, ["reward", "answer_tokens"], title="REINFORCE on t
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-after = evaluate_policy(policy, tokenizer, n_per_prompt=2, temperature=profile.temperature,
-                        max_new_tokens=profile.max_new_tokens)
+after = evaluate_policy(policy, tokenizer, **protocol(profile))
 r0, r1 = before.summary()["reward"], after.summary()["reward"]
 print(f"held-out prompts: mean ground-truth reward {r0:.3f} (SFT) -> {r1:.3f} (after {STEPS} REINFORCE steps)")
 for s in after.samples[:3]:

@@ -37,7 +37,7 @@ from transformers.utils import logging as hf_logging
 
 from rlhf_course import memory, toyworld, trained_models
 from rlhf_course.checks.nb03_sft import check_completion_labels, check_count_lora_params, check_lora_forward
-from rlhf_course.evaluation import evaluate_policy
+from rlhf_course.evaluation import evaluate_policy, protocol
 from rlhf_course.loading import load_policy, load_tokenizer
 from rlhf_course.plots import plot_reward_distributions, plot_training_curves
 from rlhf_course.sft import load_sft_data, train_sft
@@ -78,8 +78,7 @@ print(f"{len(demos)} demonstrations, e.g.\n  prompt: {demos[0]['prompt'][0]['con
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-base_eval = evaluate_policy(base, tokenizer, n_per_prompt=2, temperature=profile.temperature,
-                            max_new_tokens=profile.max_new_tokens)
+base_eval = evaluate_policy(base, tokenizer, **protocol(profile))   # the course's one evaluation protocol
 for s in base_eval.samples[:6:2]:
     print(f"{s.prompt!r}\n  base model: {s.completion.text!r}  (reward {s.reward:+.2f})")
 print(f"\nbase model, mean ground-truth reward on the held-out prompts: {base_eval.summary()['reward']:.3f}")
@@ -323,8 +322,7 @@ sft_path = trained_models.sft_model(profile)   # 200 steps of train_sft; on the 
 shipped = base if sft_path == profile.model_path else load_policy(profile, lora=False, model_id=sft_path, verbose=False)
 evals = {"base": base_eval}
 for name, model in ((f"SFT, {STEPS} steps", result.model), ("SFT, shipped", shipped)):
-    evals[name] = evaluate_policy(model, tokenizer, n_per_prompt=2, temperature=profile.temperature,
-                                  max_new_tokens=profile.max_new_tokens)
+    evals[name] = evaluate_policy(model, tokenizer, **protocol(profile))
 for name, e in evals.items():
     print(f"{name:<14} mean ground-truth reward {e.summary()['reward']:+.3f}")
 
@@ -493,7 +491,7 @@ print(memory.plan("mistral-7b", "sft", "t4").table())
 if profile.name == "7b":
     sft_7b = train_sft(profile, progress=True)  # profile.sft_steps steps of QLoRA
     display(plot_training_curves(sft_7b.history, ["loss"], title="SFT of the 7B model with QLoRA"))
-    print(evaluate_policy(sft_7b.model, tokenizer, n_per_prompt=2, temperature=profile.temperature).summary())
+    print(evaluate_policy(sft_7b.model, tokenizer, **protocol(profile)).summary())
 else:
     print(f"skipped: the 7B run needs the 7b profile (a CUDA GPU with >= 14 GiB); this is the {profile.name} profile")
 

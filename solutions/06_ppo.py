@@ -43,7 +43,7 @@ from transformers.utils import logging as hf_logging
 from rlhf_course import memory, plots, ppo, toyworld, trained_models
 from rlhf_course.checks.nb06_ppo import (check_compute_rewards, check_ppo_policy_loss, check_ppo_value_loss,
                                          check_rollout_kl)
-from rlhf_course.evaluation import best_possible_reward, evaluate_policy
+from rlhf_course.evaluation import best_possible_reward, evaluate_policy, protocol
 from rlhf_course.loading import load_tokenizer
 from rlhf_course.logprobs import token_logprobs
 from rlhf_course.reward_hacking import reward_hacking_curves, summarize
@@ -474,7 +474,7 @@ plots.plot_reward_vs_kl({"PPO, along training": points}, best=best_possible_rewa
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-eval_kw = dict(n_per_prompt=4, max_new_tokens=profile.max_new_tokens, temperature=profile.temperature, seed=0)
+eval_kw = protocol(profile)                                           # the course's one evaluation protocol
 with policy.disable_adapter():                                        # the SFT model, from the same weights
     sft_eval = evaluate_policy(policy, tokenizer, **eval_kw)
 ppo_eval = evaluate_policy(policy, tokenizer, reference="self", baseline=sft_eval, **eval_kw)

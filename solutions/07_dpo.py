@@ -42,7 +42,7 @@ from trl import DPOTrainer
 
 from rlhf_course import dpo, memory, plots, trained_models
 from rlhf_course.checks.nb07_dpo import check_dpo_batch_loss, check_dpo_loss, check_ipo_loss, check_sequence_logps
-from rlhf_course.evaluation import evaluate_policy
+from rlhf_course.evaluation import evaluate_policy, protocol
 from rlhf_course.loading import load_policy, load_tokenizer, lora_config
 from rlhf_course.logprobs import token_logprobs
 from rlhf_course.sampling import generate
@@ -471,7 +471,7 @@ ipo_loss = check_ipo_loss(ipo_loss)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-eval_kw = dict(n_per_prompt=4, max_new_tokens=profile.max_new_tokens, temperature=profile.temperature, seed=0)
+eval_kw = protocol(profile)                                            # the course's one evaluation protocol
 with dpo_model.disable_adapter():                                      # the SFT model, from the same weights
     sft_eval = evaluate_policy(dpo_model, tokenizer, **eval_kw)
 dpo_eval = evaluate_policy(dpo_model, tokenizer, reference="self", baseline=sft_eval, **eval_kw)

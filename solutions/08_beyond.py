@@ -569,7 +569,7 @@ for k in (1, 4, 16):
 # answers, and its KL is the formula's bound.
 
 # %%
-EVAL = dict(n_per_prompt=4, seed=1, reward_fn=rm_fn, **SAMPLE)
+EVAL = dict(reward_fn=rm_fn, **evaluation.protocol(profile))  # the course's one evaluation protocol
 sft_eval = evaluation.evaluate_policy(policy, tokenizer, eval_prompts, **EVAL)
 rs_eval = evaluation.evaluate_policy(rs.model, tokenizer, eval_prompts, reference="self",
                                      baseline=sft_eval, **EVAL)
