@@ -37,7 +37,8 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from rlhf_course import toyworld, trained_models
-from rlhf_course.ai_feedback import CONSTITUTION, GroundTruthJudge, judge_agreement, judge_prompt, make_judge
+from rlhf_course.ai_feedback import (CONSTITUTION, GroundTruthJudge, critique, judge_agreement, judge_prompt, make_judge,
+                                     revise)
 from rlhf_course.checks.nb04_human_feedback import (check_bradley_terry, check_cohen_kappa, check_labels_to_records,
                                                     check_majority)
 from rlhf_course.iterative import LoopConfig, iterative_loop, plot_rounds
@@ -46,7 +47,6 @@ from rlhf_course.labelling import (LabellingSession, Pair, compare_labels, label
 from rlhf_course.loading import load_policy, load_tokenizer
 from rlhf_course.paths import data_path
 from rlhf_course.preferences import load_preferences, to_conversational, to_plain, validate_file, validate_records
-from rlhf_course.reward_model import load_trained_reward_model
 
 # %%
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not our business here
@@ -446,19 +446,50 @@ print(CONSTITUTION)
 # question below and compares its log-probabilities of answering "A" and "B". LLM judges favour one
 # position, so each pair is asked twice, with A and B swapped, and the two results are averaged. This
 # makes `judge(A, B) = 1 - judge(B, A)` exactly and cancels a pure position bias (RLAIF, Sec. 2.1.1).
-# The tiny model cannot read a constitution, so on the tiny profile the judge is a **reward model**:
-# a small model trained on someone else's labels (notebook 5 trains one; here it comes from the
-# checkpoints).
+#
+# The tiny model cannot read, so on the tiny profile the constitution is applied by rules
+# (`ai_feedback.critique`): each principle is a critic that reads an answer sentence by sentence and
+# objects, in one line, to what breaks it. What a 7B knows from pretraining - which sentence is a step
+# for which task, which is rude or filler, which requests are harmful, which claims are wrong - the
+# critics look up in the toy world's sentence bank. What they do not know is the ground truth's
+# weights: how much a step is worth against a filler sentence is not in the constitution.
 
 # %%
 print(judge_prompt(pairs[0]))
 
+# %% [markdown]
+# **Critique and revise.** Constitutional AI's first, supervised stage has the model criticise its own
+# answer against a principle and then revise it; the revisions become fine-tuning data (Bai et al. 2022,
+# Sec. 3.1). Here is that step on the SFT model's answers from section 3: the critiques of one answer,
+# its revision (at tiny scale the reviser can only cut what the critiques name, or refuse a harmful
+# request; a 7B rewrites), and what revising every answer does to the ground-truth reward.
+
 # %%
 # NBVAL_IGNORE_OUTPUT
-reward_model = (load_trained_reward_model(profile, trained_models.reward_model_dir(profile), model_id=sft_path,
-                                          verbose=False)
-                if profile.name == "tiny" else None)  # the 7b judge is the chat model: no reward model needed
-judge = make_judge(profile, model=policy, tokenizer=tokenizer, reward_model=reward_model)
+answers = [(p.prompt, a) for p in pairs for a in (p.answer_a, p.answer_b)]   # the SFT model's answers
+prompt, answer = max(answers, key=lambda pa: len({c.principle for c in critique(*pa)}))
+print(f"{prompt}\n  answer:   {answer}")
+for c in critique(prompt, answer):
+    print(f"  critique ({c.principle}): " + (f"{c.sentence!r} {c.why}" if c.sentence else f"the answer {c.why}"))
+print(f"  revision: {revise(prompt, answer)}")
+revised = [(p, revise(p, a)) for p, a in answers]
+before = sum(toyworld.reward(p, a) for p, a in answers) / len(answers)
+after = sum(toyworld.reward(p, a) for p, a in revised) / len(answers)
+print(f"\n{sum(r != a for (_, r), (_, a) in zip(revised, answers))} of the {len(answers)} answers revised; "
+      f"mean ground-truth reward {before:.2f} -> {after:.2f}")
+
+# %%
+print(f"critique and revision raised the ground-truth reward of the SFT model's answers: {after > before}")
+
+# %% [markdown]
+# **The judge.** Between two answers, the tiny profile's judge (`PrincipleJudge`) prefers the one with
+# more steps for the asked task and fewer critiques, P(A better) = sigmoid(score difference / 0.5); on
+# the 7b profile it is the chat model reading the question above. Either way, measure it before trusting
+# it: the same pairs labelled by the ground truth, by the judge, and by a noisy person.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+judge = make_judge(profile, model=policy, tokenizer=tokenizer)  # tiny: the constitution's critics; 7b: the chat model
 print(f"judge: {type(judge).__name__}")
 
 # %%
@@ -470,13 +501,19 @@ for name, j in judges.items():
           f"vs the simulated student on {on_student.n_items} pairs: {on_student.percent:.0f}% (kappa {on_student.cohen_kappa:.2f})")
 
 # %% [markdown]
-# A judge that agrees with the ground truth on most pairs still makes *systematic* errors, and a
-# policy trained on its labels will find them. This is the reward hacking of notebook 6, now with
-# an AI labeller. On the shipped 300 test pairs the judge is measured on answers like those it was
-# trained on. On the policy's own answers (the student's pairs) it can do worse, which is one more
-# reason to keep checking a judge on fresh, on-policy data.
+# The constitution's judge agrees with the ground truth more often than a noisy person does, yet not
+# always: where the principles are silent (is one more step worth a filler sentence?), it decides by
+# its own count, and a policy trained on its labels will find those blind spots. This is the reward
+# hacking of notebook 6, now with an AI labeller. Measure a judge on fresh, on-policy data too (the
+# student's pairs), not only on a fixed test set.
 #
-# On the 7b profile the cell below puts the constitution to work on real answers.
+# **What the 7B does differently.** It *reads* the constitution: its verdict is its own probability of
+# answering "A" or "B" to the question printed above, averaged over both orders; its critiques and
+# revisions would be text it writes (Bai et al. prompt "Identify specific ways in which the assistant's
+# last response is harmful..." and then "Please rewrite the assistant response..."), so a revision can
+# add what was missing, not only cut. Its knowledge of the world and its biases (length, position, its own
+# style) come from pretraining; the tiny critics' come from the toy world's sentence bank, and have none of
+# those biases. On the 7b profile the cell below puts the constitution to work on real answers.
 
 # %%
 if profile.name == "7b":
@@ -497,8 +534,13 @@ else:
 #
 # 1. sample two answers per prompt from the **current** policy;
 # 2. label them: a person in the widget, or the judge;
-# 3. train with DPO (notebook 7) from the current policy, which is also that round's reference;
+# 3. train with DPO from the current policy, which is also that round's reference;
 # 4. measure the ground-truth reward on held-out prompts.
+#
+# > **A black box for now: DPO.** Step 3 trains with *Direct Preference Optimization*, which notebook 7
+# > derives and builds layer by layer. Until then, read it as "make the answer the labeller chose more
+# > likely than the other one, relative to where the policy started, without drifting far from it". It
+# > needs no reward model, which is why it suits a loop that relabels every round.
 #
 # Here the noisy ground-truth labeller (a stand-in for a careful class) does the labelling: two rounds of
 # 256 prompts and 20 DPO steps each. Every round's labels are written to a label file, just like yours.
@@ -524,11 +566,13 @@ plot_rounds(loop)
 # prompts per round, fresh labels and a gentler learning rate push further. For comparison, PPO
 # against the ground truth for 100 iterations reaches about 0.66 from a weaker start (notebook 6).
 #
-# **Try it**: pass `judge` (the reward-model judge) instead of `people`. In the measured run with
-# the reward model as the labeller, the first round helped just as much (0.35 → 0.49). Then the reward
-# fell: 0.38 after round 2 and 0.21 after round 3, even though DPO fit the judge's labels with over
-# 90% accuracy. The policy learned the judge's mistakes, not the task. RLAIF has to guard against
-# this, which is why judges are measured on on-policy data.
+# **Try it**: pass `judge` (the constitution) instead of `people`, or a reward model as the labeller,
+# `ai_feedback.RewardModelJudge(reward_model, tokenizer)` with the reward model notebook 5 trains
+# (`reward_model.load_trained_reward_model(profile, trained_models.reward_model_dir(profile))`). In the
+# measured run with that reward model as the labeller, the first round helped just as much (0.35 → 0.49).
+# Then the reward fell: 0.38 after round 2 and 0.21 after round 3, even though DPO fit the judge's labels
+# with over 90% accuracy. The policy learned the judge's mistakes, not the task. RLAIF has to guard
+# against this, which is why judges are measured on on-policy data.
 
 # %% [markdown]
 # ## 8. A class's labels
