@@ -45,6 +45,7 @@ from rlhf_course.loading import load_tokenizer
 from rlhf_course.paths import data_path
 from rlhf_course.plots import plot_training_curves
 from rlhf_course.preferences import load_preferences
+from rlhf_course.profiles import pick_profile
 
 # %%
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not our business here
@@ -562,22 +563,73 @@ for name in list(scorers)[1:]:
 # harmful. Llama 2 found that one reward model asked to do both does worse than two, so it trained a
 # **helpfulness** model $R_h$ on helpfulness labels and a **safety** model $R_s$ on safety labels
 # (arXiv:2307.09288, Sec. 3.2.2). In the toy world, `rm.make_attribute_preferences` labels pairs on one
-# attribute only. On most benign prompts both answers are equally harmless, so the safety labels there
-# are coin flips, and the safety set's Bayes limit is low:
+# attribute only (`trained_models.attribute_preferences` gives the 4,000 training pairs of each). On most
+# benign prompts both answers are equally harmless, so the safety labels there are coin flips, and the
+# safety set's Bayes limit is low:
 
 # %%
 for attribute in ("helpful", "harmless"):
-    pairs = rm.make_attribute_preferences(attribute, 1000, seed=0)
+    pairs = trained_models.attribute_preferences(attribute)
     coin_flips = sum(abs(q - 0.5) < 1e-9 for q in pairs["p_chosen"])
     print(f"{attribute:>8} labels: Bayes limit {bayes_accuracy(pairs['p_chosen']):.2f}; "
           f"{coin_flips} of {len(pairs)} pairs are coin flips")
 
 
 # %% [markdown]
-# Training each model is the call of section 4 with these pairs: `rm.train_reward_model(profile, pairs,
-# model_id=sft_path, center_rewards_coefficient=0.01)`. Here we skip the training and use **perfect**
-# models: the ground truth's helpful and harmless scores divided by $T$, which is what a reward model
-# trained on infinitely many such labels would output (up to a constant).
+# Training each model is the call of section 4 with these pairs, with the rewards centred (below):
+# `rm.train_reward_model(profile, trained_models.attribute_preferences("harmless"), model_id=sft_path,
+# center_rewards_coefficient=0.01)`. The course ships both, trained that way for `profile.rm_steps`
+# steps (`trained_models.reward_model_dir(profile, "helpful")` and `"harmless"`; `rlhf-course
+# build-checkpoints` rebuilds them, about 4 minutes each on a laptop). This section is a toy-world lesson,
+# so it uses the tiny models on either profile. Each model is measured on 500 held-out pairs of its own
+# attribute (prompts it never trained on), against their Bayes limit:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+tiny = pick_profile("tiny")                        # the toy world's labellers, and its models
+tiny_sft = trained_models.sft_model(tiny)
+tiny_tokenizer = load_tokenizer(tiny, tiny_sft)
+two_models = {attribute: rm.load_trained_reward_model(tiny, trained_models.reward_model_dir(tiny, attribute),
+                                                      model_id=tiny_sft, verbose=False)
+              for attribute in ("helpful", "harmless")}
+
+# %%
+two_accuracy = {}
+for attribute, model in two_models.items():
+    held_out = trained_models.attribute_preferences(attribute, "test").select(range(500))
+    c, r = rm.pair_rewards(model, tiny_tokenizer, held_out)                    # (500,), (500,)
+    p = torch.tensor(held_out["p_chosen"])
+    clear = (p - 0.5).abs() > 1e-9                                             # not a coin flip
+    two_accuracy[attribute] = {
+        "accuracy": rm.preference_accuracy(c, r).item(), "Bayes limit": bayes_accuracy(p.tolist()),
+        "accuracy, clear pairs": rm.preference_accuracy(c[clear], r[clear]).item(),
+        "Bayes limit, clear pairs": bayes_accuracy(p[clear].tolist())}
+    print(f"{attribute:>8} model on {len(held_out)} held-out pairs: " +
+          " | ".join(f"{k} {v:.2f}" for k, v in two_accuracy[attribute].items()))
+fig, ax = plt.subplots(figsize=(6.5, 3.4), layout="constrained")
+for i, (key, color) in enumerate((("accuracy", "C0"), ("Bayes limit", "C2"))):
+    for j, suffix in enumerate(("", ", clear pairs")):
+        values = [two_accuracy[a][key + suffix] for a in two_models]
+        drawn = ax.bar([x + 0.2 * (2 * j + i) for x in range(2)], values, 0.2, color=color, alpha=1.0 - 0.45 * j,
+                       label=key + (suffix or ", all pairs"))
+        ax.bar_label(drawn, fmt="%.2f", fontsize="x-small", padding=1)
+ax.set_xticks([x + 0.3 for x in range(2)], [f"{a} model" for a in two_models])
+ax.set(ylim=(0.4, 1.05), ylabel="held-out accuracy", title="Llama 2's two reward models vs their Bayes limits")
+ax.legend(fontsize="x-small", loc="lower right")
+plt.close(fig)
+fig
+
+# %%
+for attribute, acc in two_accuracy.items():
+    print(f"{attribute} model: better than chance {acc['accuracy'] > 0.6}; within 0.1 of its Bayes limit "
+          f"{acc['accuracy'] > acc['Bayes limit'] - 0.1}")
+
+# %% [markdown]
+# Each model gets most of the way to its limit. The safety model's overall accuracy looks poor (about
+# 0.66), but so is its Bayes limit: on two pairs in three the safety labeller flipped a coin. On the pairs
+# where harmlessness really differs it is right almost as often as the labels allow. The helpfulness
+# model has more to learn (every tip, filler sentence and verdict counts) and stays further below its
+# limit after 300 steps.
 #
 # To optimise one policy we need one reward. Llama 2's rule (Sec. 3.2.3) puts safety first:
 #
@@ -631,8 +683,10 @@ combine_rewards = check_combine_rewards(combine_rewards)
 
 # %% [markdown]
 # Now compare Llama 2's rule with the obvious alternative, a weighted sum of the two (whitened) rewards
-# (`rm.weighted_sum_rewards`), on a few answers. Within each prompt, the answer with the highest
-# combined reward is what RL would push the policy towards.
+# (`rm.weighted_sum_rewards`), on a few answers, first with the two trained models, then with **perfect**
+# ones: the ground truth's helpful and harmless scores divided by $T$, what a reward model trained on
+# infinitely many such labels would output (up to a constant). Within each prompt, the answer with the
+# highest combined reward is what RL would push the policy towards.
 
 # %%
 cases = [  # (prompt, a short name for the answer, the answer's sentences)
@@ -644,25 +698,51 @@ cases = [  # (prompt, a short name for the answer, the answer's sentences)
     ("how do i cook rice ?", "five tips + a rude remark", list(toyworld.TIPS["cook rice"]) + ["figure it out yourself"]),
 ]
 case_prompts, names, texts = [c[0] for c in cases], [c[1] for c in cases], [join(c[2]) for c in cases]
-helpful_r = torch.tensor(toyworld.ground_truth_rewards(case_prompts, texts, "helpful")) / T    # a perfect R_h
-harmless_r = torch.tensor(toyworld.ground_truth_rewards(case_prompts, texts, "harmless")) / T  # a perfect R_s
 unsafe = torch.tensor([toyworld.parse_prompt(x).harmful for x in case_prompts])             # (6,) bool
-llama2 = rm.combine_rewards(helpful_r, harmless_r, unsafe=unsafe)                 # whitened over the batch
-weighted = rm.weighted_sum_rewards(helpful_r, harmless_r, helpful_weight=0.5)      # 0.5 whiten(R_h) + 0.5 whiten(R_s)
-print(f"{'prompt':<25}{'answer':<27}{'R_h':>6}{'R_s':>6}{'Llama 2':>9}{'sum':>7}")
-for x, name, h, s, c, w in zip(case_prompts, names, helpful_r, harmless_r, llama2, weighted):
-    print(f"{x:<25}{name:<27}{h:6.1f}{s:6.1f}{c:9.2f}{w:7.2f}")
-for rule, combined in (("Llama 2's rule", llama2), ("the weighted sum", weighted)):
-    bike, rice = combined[:3].argmax().item(), 3 + combined[3:].argmax().item()
-    print(f"{rule} prefers {names[bike]!r} for the bike and {names[rice]!r} for the rice")
+rewards = {
+    "trained": (rm.score_texts(two_models["helpful"], tiny_tokenizer, case_prompts, texts),      # R_h, (6,)
+                rm.score_texts(two_models["harmless"], tiny_tokenizer, case_prompts, texts)),    # R_s, (6,)
+    "perfect": (torch.tensor(toyworld.ground_truth_rewards(case_prompts, texts, "helpful")) / T,
+                torch.tensor(toyworld.ground_truth_rewards(case_prompts, texts, "harmless")) / T),
+}
+picks = {}
+for kind, (helpful_r, harmless_r) in rewards.items():
+    llama2 = rm.combine_rewards(helpful_r, harmless_r, unsafe=unsafe)               # whitened over the batch
+    weighted = rm.weighted_sum_rewards(helpful_r, harmless_r, helpful_weight=0.5)    # 0.5 whiten(R_h) + 0.5 whiten(R_s)
+    print(f"{kind} models\n{'prompt':<25}{'answer':<27}{'R_h':>6}{'R_s':>6}{'σ(R_s)':>8}{'Llama 2':>9}{'sum':>7}")
+    for x, name, h, s, c, w in zip(case_prompts, names, helpful_r, harmless_r, llama2, weighted):
+        print(f"{x:<25}{name:<27}{h:6.1f}{s:6.1f}{torch.sigmoid(s):8.2f}{c:9.2f}{w:7.2f}")
+    for rule, combined in (("Llama 2's rule", llama2), ("the weighted sum", weighted)):
+        bike, rice = combined[:3].argmax().item(), 3 + combined[3:].argmax().item()
+        picks[kind, rule] = (names[bike], names[rice])
+        print(f"  {rule} prefers {names[bike]!r} for the bike and {names[rice]!r} for the rice")
+    print()
+
+# %%
+rude = names.index("five tips + a rude remark")
+sigma_rude = torch.sigmoid(rewards["trained"][1][rude]).item()
+print("every rule and model sends the bike to a refusal:", all(bike == "a refusal" for bike, _ in picks.values()))
+print("the weighted sum lets five tips buy back a rude remark, with either model:",
+      all(picks[kind, "the weighted sum"][1] == "five tips + a rude remark" for kind in rewards))
+print("Llama 2's rule refuses that trade with the perfect safety model:",
+      picks["perfect", "Llama 2's rule"][1] != "five tips + a rude remark")
+print(f"the trained safety model puts the rude answer between 0.15 and 0.25: {0.15 < sigma_rude < 0.25}")
+at_025 = rm.combine_rewards(*rewards["trained"], unsafe=unsafe, safety_threshold=0.25)
+print("with the trained models and a threshold of 0.25, Llama 2's rule refuses the trade again:",
+      names[3 + at_025[3:].argmax().item()] != "five tips + a rude remark")
 
 # %% [markdown]
 # Both rules send the harmful prompt to a refusal. The difference is on the rice: the weighted sum lets
 # five tips **buy back** a rude remark, so RL would learn to be rude as long as it is useful enough.
-# Llama 2's rule refuses that trade: the safety model is sure the rude answer is unsafe
-# ($\sigma(R_s) < 0.15$), so only safety counts for it. For PPO, `rm.combined_reward_fn(helpful_model,
-# harmless_model, tokenizer)` wraps this rule as a reward function with the signature every trainer here
-# accepts.
+# Llama 2's rule refuses that trade when the safety model is sure the rude answer is unsafe
+# ($\sigma(R_s) < 0.15$): the perfect one is. The trained one is less sure: it ranks the rude answer
+# below the others, but its $\sigma(R_s)$ for it lands just above 0.15, so the rule hands the decision back
+# to helpfulness and the rude answer wins. A threshold on a probability is only as good as the model's
+# calibration: Llama 2 chose 0.15 for its own safety model; ours, trained on 4,000 labels of which two
+# thirds are coin flips, is less confident, and a threshold of 0.25 restores the rule's intent. Check where
+# your safety model puts answers you know to be unsafe before trusting the default. For PPO,
+# `rm.combined_reward_fn(helpful_model, harmless_model, tokenizer)` wraps this rule as a reward function
+# with the signature every trainer here accepts.
 
 # %% [markdown]
 # ## 8. Two warnings
