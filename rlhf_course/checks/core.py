@@ -122,13 +122,21 @@ def _unchanged(before, after) -> bool:
         return True
 
 
+@functools.lru_cache(maxsize=256)
+def _positional_names(fn) -> tuple[str, ...]:
+    try:
+        return tuple(p.name for p in inspect.signature(fn).parameters.values()
+                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+    except (TypeError, ValueError):
+        return ()
+
+
 def _argument_names(fn, args: tuple, kwargs: dict) -> list[str]:
     """The parameter name of each positional argument (as the student's signature calls it)."""
     try:
-        params = [p.name for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        params = []
+        params = _positional_names(fn)
+    except TypeError:  # not hashable
+        params = ()
     return [params[i] if i < len(params) else f"argument {i + 1}" for i in range(len(args))]
 
 
