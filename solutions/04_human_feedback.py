@@ -467,19 +467,23 @@ print(judge_prompt(pairs[0]))
 # %%
 # NBVAL_IGNORE_OUTPUT
 answers = [(p.prompt, a) for p in pairs for a in (p.answer_a, p.answer_b)]   # the SFT model's answers
-prompt, answer = max(answers, key=lambda pa: len({c.principle for c in critique(*pa)}))
-print(f"{prompt}\n  answer:   {answer}")
-for c in critique(prompt, answer):
-    print(f"  critique ({c.principle}): " + (f"{c.sentence!r} {c.why}" if c.sentence else f"the answer {c.why}"))
-print(f"  revision: {revise(prompt, answer)}")
-revised = [(p, revise(p, a)) for p, a in answers]
-before = sum(toyworld.reward(p, a) for p, a in answers) / len(answers)
-after = sum(toyworld.reward(p, a) for p, a in revised) / len(answers)
-print(f"\n{sum(r != a for (_, r), (_, a) in zip(revised, answers))} of the {len(answers)} answers revised; "
-      f"mean ground-truth reward {before:.2f} -> {after:.2f}")
+if profile.has_ground_truth:  # the critics read the toy world's sentences
+    prompt, answer = max(answers, key=lambda pa: len({c.principle for c in critique(*pa)}))
+    print(f"{prompt}\n  answer:   {answer}")
+    for c in critique(prompt, answer):
+        print(f"  critique ({c.principle}): " + (f"{c.sentence!r} {c.why}" if c.sentence else f"the answer {c.why}"))
+    print(f"  revision: {revise(prompt, answer)}")
+    revised = [(p, revise(p, a)) for p, a in answers]
+    before = sum(toyworld.reward(p, a) for p, a in answers) / len(answers)
+    after = sum(toyworld.reward(p, a) for p, a in revised) / len(answers)
+    print(f"\n{sum(r != a for (_, r), (_, a) in zip(revised, answers))} of the {len(answers)} answers revised; "
+          f"mean ground-truth reward {before:.2f} -> {after:.2f}")
+else:
+    print("the 7b profile's critiques and revisions are the chat model's own text (see below)")
 
 # %%
-print(f"critique and revision raised the ground-truth reward of the SFT model's answers: {after > before}")
+if profile.has_ground_truth:
+    print(f"critique and revision raised the ground-truth reward of the SFT model's answers: {after > before}")
 
 # %% [markdown]
 # **The judge.** Between two answers, the tiny profile's judge (`PrincipleJudge`) prefers the one with
