@@ -28,7 +28,8 @@ from rlhf_course.profiles import Profile
 IGNORE_INDEX = -100  # the label cross_entropy skips (and Hugging Face causal LMs with it)
 
 
-def completion_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+def completion_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      prompt_lengths: torch.Tensor) -> torch.Tensor:
     """Labels of the completion-only SFT loss, as TRL's collator builds them: input_ids with IGNORE_INDEX on
     each row's first prompt_lengths[i] tokens and on the padding, found by position (attention_mask 0), never
     by token id - the pad token may be the end-of-turn token, which the model must learn. Not shifted (the
@@ -38,7 +39,8 @@ def completion_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, pro
     return input_ids.masked_fill(is_prompt | (attention_mask == 0), IGNORE_INDEX)                # a new tensor
 
 
-def lora_forward(x: torch.Tensor, W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: float, r: int) -> torch.Tensor:
+def lora_forward(x: torch.Tensor, W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: float,
+                 r: int) -> torch.Tensor:
     """A LoRA linear layer, h = x W^T + (alpha / r) x A^T B^T (Hu et al. 2021, arXiv:2106.09685, Eq. 3), as
     peft's `lora.Linear` computes it without bias or dropout. x: (..., in); W: (out, in); A: (r, in);
     B: (out, r). Returns (..., out). x A^T first: the (out, in) matrix B A is never built."""

@@ -15,9 +15,9 @@ import nbformat
 import pytest
 
 from rlhf_course.cli import main
-from rlhf_course.exercises import (CHECK_CALL, NBVAL_ENV, NOTEBOOKS, SETUP_CELL, SETUP_LINE, SOLUTIONS, MasterError, colab_badge,
-                                   exercises, generate, has_solution, import_notebook, master_from_notebook, masters,
-                                   notebook_from_master)
+from rlhf_course.exercises import (CHECK_CALL, NBVAL_ENV, NOTEBOOKS, SETUP_CELL, SETUP_LINE, SOLUTIONS, MasterError,
+                                   colab_badge, exercises, generate, has_solution, import_notebook,
+                                   master_from_notebook, masters, notebook_from_master)
 
 MASTERS = masters()
 TEACHING = [p for p in MASTERS if not p.name.startswith("00")]
@@ -287,7 +287,8 @@ def test_each_exercise_has_two_tier_hints_and_lists_the_mistakes_its_check_names
     for ex in exercises(master):
         header = ex.header
         assert header.count("<details>") == 1 and "Hint 2" in header, f"{ex.check_name}: no collapsed second hint"
-        assert re.search(r"names?\b.*:", header.split("<details>")[0]) and "mistakes" in header.split("<details>")[0].lower(), \
+        intro = header.split("<details>")[0]
+        assert re.search(r"names?\b.*:", intro) and "mistakes" in intro.lower(), \
             f"{ex.check_name}: the header should list the mistakes its check names"
         if not ex.buggy:
             assert any(l.strip().startswith("# HINT") for l in ex.solution.splitlines()), f"{ex.check_name}: no first hint"
