@@ -581,7 +581,7 @@ for attribute in ("helpful", "harmless"):
 # center_rewards_coefficient=0.01)`. The course ships both, trained that way for `profile.rm_steps`
 # steps (`trained_models.reward_model_dir(profile, "helpful")` and `"harmless"`; `rlhf-course
 # build-checkpoints` rebuilds them, about 4 minutes each on a laptop). This section is a toy-world lesson,
-# so it uses the tiny models on either profile. Each model is measured on 500 held-out pairs of its own
+# so it uses the tiny models on either profile. Each model is measured on 300 held-out pairs of its own
 # attribute (prompts it never trained on), against their Bayes limit:
 
 # %%
@@ -596,8 +596,8 @@ two_models = {attribute: rm.load_trained_reward_model(tiny, trained_models.rewar
 # %%
 two_accuracy = {}
 for attribute, model in two_models.items():
-    held_out = trained_models.attribute_preferences(attribute, "test").select(range(500))
-    c, r = rm.pair_rewards(model, tiny_tokenizer, held_out)                    # (500,), (500,)
+    held_out = trained_models.attribute_preferences(attribute, "test").select(range(300))
+    c, r = rm.pair_rewards(model, tiny_tokenizer, held_out)                    # (300,), (300,)
     p = torch.tensor(held_out["p_chosen"])
     clear = (p - 0.5).abs() > 1e-9                                             # not a coin flip
     two_accuracy[attribute] = {
