@@ -1,6 +1,6 @@
 """Evaluation: how good is a policy, measured against the ground truth the toy world knows exactly.
 
-    result = evaluate_policy(policy, tok, reference="self", reward_fn=rm_fn, baseline=sft_result)
+    result = evaluate_policy(policy, tok, reference="self", reward_fn=rm_fn, baseline=sft_result, **protocol(profile))
     result.summary()  # {'reward': 0.41, 'helpful': ..., 'kl': 3.2, 'win_rate': 0.71, ...}
 
 For each held-out prompt we sample a few answers at the profile's temperature (the distribution RL
@@ -18,6 +18,7 @@ rate is judged by it.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from statistics import mean
@@ -145,12 +146,17 @@ def prompts_for(profile, split: str = "eval", n: int | None = None, seed: int = 
     if profile.has_ground_truth:
         prompts = toyworld.train_prompts() if split == "train" else toyworld.eval_prompts()
         return [p.text for p in prompts][:n]
+    n = n or (profile.preference_pairs if split == "train" else profile.eval_samples)
+    return list(_real_prompts(profile.preference_set, split, n, seed))
+
+
+@functools.lru_cache(maxsize=8)
+def _real_prompts(preference_set: str, split: str, n: int, seed: int) -> tuple:
     from rlhf_course.preference_sets import KNOWN_SETS, load_preference_set
 
-    known = KNOWN_SETS.get(profile.preference_set)
+    known = KNOWN_SETS.get(preference_set)
     hub_split = None if known is None else known.splits[0 if split == "train" else -1]
-    n = n or (profile.preference_pairs if split == "train" else profile.eval_samples)
-    return list(load_preference_set(profile.preference_set, split=hub_split, n=n, seed=seed)["prompt"])
+    return tuple(load_preference_set(preference_set, split=hub_split, n=n, seed=seed)["prompt"])
 
 
 def sample_answers(model, tokenizer, prompts: list | None = None, *, n_per_prompt: int = 4,
@@ -287,6 +293,26 @@ class EvalResult:
     def rewards(self) -> list[float]:
         """Each answer's gold reward: ground truth, or the judge's score (`plots.plot_reward_distributions`)."""
         return [s.reward for s in self.samples]
+
+
+def protocol(profile, gold: RewardFn | None = None) -> dict:
+    """The course's one evaluation protocol, as keyword arguments of `evaluate_policy`: the held-out prompts
+    (the default), 4 answers to each, sampled at the profile's temperature and answer length with seed 0,
+    in batches of 64. Every notebook evaluates every model with it, so one model shows one number
+    everywhere (the base model in notebooks 0 and 3, the SFT model in 2, 3, 6, 7 and 8), and the
+    iterative loop and the pipeline use the same numbers. Without a ground truth (the 7b profile): the
+    profile's held-out real prompts (`prompts_for`), one answer each, scored by `gold` - the judge, from
+    `gold.gold_reward_fn(profile)`, loaded once by the caller.
+
+        evaluate_policy(model, tokenizer, **protocol(profile, gold))"""
+    kwargs = dict(n_per_prompt=4, max_new_tokens=profile.max_new_tokens, temperature=profile.temperature, seed=0,
+                  batch_size=64)
+    if profile.has_ground_truth:
+        return kwargs
+    if gold is None:
+        raise ValueError("without a ground truth the protocol scores answers with the judge: "
+                         "pass gold=gold_reward_fn(profile)")
+    return kwargs | dict(prompts=prompts_for(profile, "eval"), n_per_prompt=1, batch_size=profile.batch_size, judge=gold)
 
 
 def evaluate_policy(model, tokenizer, prompts: list | None = None, *, n_per_prompt: int = 4,

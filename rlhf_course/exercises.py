@@ -25,7 +25,7 @@ so the student sees them):
         \"\"\"G_0 = sum_t gamma^t r_t.\"\"\"
         # SOLUTION
         # STUB return 0.0
-        # HINT enumerate() gives t and r_t together
+        # HINT each reward is worth less the later it comes
         return sum(gamma**t * r for t, r in enumerate(rewards))
         # END SOLUTION
 
@@ -33,15 +33,25 @@ becomes, in the student's notebook,
 
     def discounted_return(rewards, gamma):
         \"\"\"G_0 = sum_t gamma^t r_t.\"\"\"
-        # Hint: enumerate() gives t and r_t together
+        # Hint: each reward is worth less the later it comes
         return 0.0  # TODO: your code here
 
-Without a `# STUB` line the stub is `raise NotImplementedError(...)`. In markdown cells, an answer
-between `<!-- SOLUTION -->` and `<!-- END SOLUTION -->` becomes "*Your answer here.*".
+Without a `# STUB` line the stub is `raise NotImplementedError(...)`. A "find the bug" exercise gives
+the buggy code itself as `# BUGGY` lines: they become the stub as they are, without the TODO marker
+(the check then reports the bug they show). In markdown cells, an answer between `<!-- SOLUTION -->`
+and `<!-- END SOLUTION -->` becomes "*Your answer here.*".
 
-The exercise right after a solution cell is checked by a cell that calls `check_<name>(<name>)`
-from `rlhf_course.checks`; tests/test_exercises.py proves each check fails on the stub and passes
-on the solution.
+Hints come in two tiers. The `# HINT` in the code points at the idea, never at the answer; the second
+tier, with the formula, is a collapsed `<details><summary>Hint 2 ...</summary> ... </details>` block at
+the end of the exercise's markdown cell (the one right above the code), opened only by a student who
+wants it. The stub never holds the answer.
+
+The exercise right after a solution cell is checked by a cell `name = check_<name>(name)` from
+`rlhf_course.checks`: it prints ✓ or ✗ with the mistake, and hands back the function the cells below
+use (the student's once it passes, the package's reference until then), so Run-All on a fresh
+student notebook reaches the end. tests/test_exercises.py proves each check says "not implemented
+yet" on the stub and passes on the solution, and tests/test_student_notebooks.py runs every student
+notebook to its end.
 """
 
 from __future__ import annotations
@@ -66,7 +76,7 @@ SOLUTIONS = REPO_ROOT / "solutions"
 NOTEBOOKS = REPO_ROOT / "notebooks"
 MASTERS = "[0-9][0-9]_*.py"  # solutions/NN_name.py: every master is picked up, in number order
 MD_SOLUTION = re.compile(r"<!-- SOLUTION -->.*?<!-- END SOLUTION -->", re.S)
-CHECK_CALL = re.compile(r"^\s*(check_\w+)\((\w+)")
+CHECK_CALL = re.compile(r"^\s*(?:(\w+)\s*=\s*)?(check_\w+)\((\w+)")  # [name =] check_name(name
 
 # jupytext's percent format, without a metadata header; a cell keeps only its tags (nbval reads them).
 PERCENT = "py:percent"
@@ -285,8 +295,11 @@ def stub_code(source: str) -> str:
             assert block is not None, "END SOLUTION without SOLUTION"
             hints = [l.strip()[len("# HINT"):].strip() for l in block if l.strip().startswith("# HINT")]
             stubs = [l.strip()[len("# STUB"):].strip() for l in block if l.strip().startswith("# STUB")]
+            buggy = [l.strip()[len("# BUGGY"):].strip() for l in block if l.strip().startswith("# BUGGY")]
             out += [f"{indent}# Hint: {h}" for h in hints]
-            if stubs:
+            if buggy:
+                out += [f"{indent}{b}" for b in buggy]
+            elif stubs:
                 out += [f"{indent}{s}" for s in stubs[:-1]] + [f"{indent}{stubs[-1]}  # TODO: your code here"]
             else:
                 out.append(f'{indent}raise NotImplementedError("exercise: write this part")')
@@ -298,6 +311,11 @@ def stub_code(source: str) -> str:
             out.append(line)
     assert block is None, "SOLUTION without END SOLUTION"
     return "\n".join(out)
+
+
+def is_buggy(source: str) -> bool:
+    """Whether a solution cell's stub is deliberately buggy code (a find-the-bug exercise)."""
+    return any(l.strip().startswith("# BUGGY") for l in source.splitlines())
 
 
 def has_solution(cell) -> bool:
@@ -403,8 +421,10 @@ class Exercise:
     notebook: str
     solution: str      # the cell's source, with the answer
     stub: str          # the same cell as the student gets it
-    check_call: str    # e.g. "check_compute_gae(compute_gae)"
+    check_call: str    # e.g. "compute_gae = check_compute_gae(compute_gae)"
     check_name: str
+    header: str = ""   # the markdown cell right above the solution cell (the exercise's text, its hints)
+    buggy: bool = False  # a find-the-bug exercise: the stub is the buggy code
 
 
 def exercises(path: Path) -> list[Exercise]:
@@ -415,12 +435,13 @@ def exercises(path: Path) -> list[Exercise]:
     for i, cell in enumerate(cells):
         if cell.cell_type != "code" or not has_solution(cell):
             continue
+        header = cells[i - 1].source if i and cells[i - 1].cell_type == "markdown" else ""
         for later in cells[i + 1 :]:
             if later.cell_type != "code":
                 continue
             call = next((l for l in later.source.splitlines() if CHECK_CALL.match(l)), None)
             if call:
                 found.append(Exercise(path.name, cell.source, stub_code(cell.source), call.strip(),
-                                      CHECK_CALL.match(call)[1]))
+                                      CHECK_CALL.match(call)[2], header, is_buggy(cell.source)))
             break
     return found

@@ -191,6 +191,13 @@ def lora_parameter_count(arch: Architecture, r: int, targets=TARGETS) -> int:
     return arch.num_hidden_layers * sum(r * (i + o) for name, (i, o, _) in arch.linears().items() if name in targets)
 
 
+def count_lora_params(config, r: int, targets=TARGETS) -> int:
+    """Trainable LoRA parameters on a Hugging Face model config (a `PretrainedConfig` or its dict), what
+    peft's `get_nb_trainable_parameters` reports for LoRA of rank r on `targets` (notebook 3)."""
+    as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return lora_parameter_count(Architecture.from_config(as_dict), r, targets)
+
+
 def trained_bytes(n_params: int, dtype_bytes: int = FP32) -> int:
     """A trained parameter with its gradient and AdamW's exp_avg and exp_avg_sq, all in its dtype.
     (AdamW's `step` counters live on the CPU unless capturable/fused.)"""

@@ -67,10 +67,16 @@ def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
         logits = logits - margin.to(logits)
     # logsigmoid, not log(sigmoid(.)): sigmoid underflows to 0 for a large negative gap and log(0) = -inf
     loss = -F.logsigmoid(logits).mean()
-    with torch.no_grad():
-        gap = chosen_rewards - rejected_rewards
-        accuracy = ((gap > 0).float() + 0.5 * (gap == 0).float()).mean()
-    return loss, accuracy
+    return loss, preference_accuracy(chosen_rewards, rejected_rewards)
+
+
+@torch.no_grad()
+def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """The share of pairs ranked like the labeller, r(x, y_c) > r(x, y_r); a tie counts 1/2 (a coin flip).
+    TRL's logged accuracy counts a tie as wrong. (B,), (B,) -> () float."""
+    wins = (chosen_rewards > rejected_rewards).float()    # (B,)
+    ties = (chosen_rewards == rejected_rewards).float()   # (B,)
+    return (wins + 0.5 * ties).mean()
 
 
 # ------------------------------------------------------------------------------ 2. tokens and scores

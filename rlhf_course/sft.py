@@ -1,19 +1,46 @@
 """Supervised fine-tuning with LoRA (or QLoRA): TRL's `SFTTrainer` on demonstrations, loss on the
 answer tokens only. The result is the "SFT model" every later stage starts from (and PPO's and DPO's
 reference): on a full-precision base the adapter merged into a plain model folder, on a 4-bit base the
-adapter folder itself (`save_sft_model`)."""
+adapter folder itself (`save_sft_model`).
+
+The two pieces notebook 3 has students write are here too, as what TRL and peft compute:
+`completion_labels` (the completion-only labels of TRL's collator) and `lora_forward` (peft's
+`lora.Linear` without dropout)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import datasets
+import torch
 from trl import SFTConfig, SFTTrainer
 
 from rlhf_course.loading import load_tokenizer, policy_for_trainer
 from rlhf_course.paths import data_path
 from rlhf_course.profiles import Profile
 from rlhf_course.training import TrainResult, run_trl_trainer, steps_or_default, trl_common_args
+
+
+IGNORE_INDEX = -100  # the label cross_entropy skips (and Hugging Face causal LMs with it)
+
+
+def completion_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      prompt_lengths: torch.Tensor) -> torch.Tensor:
+    """Labels of the completion-only SFT loss, as TRL's collator builds them: input_ids with IGNORE_INDEX on
+    each row's first prompt_lengths[i] tokens and on the padding, found by position (attention_mask 0), never
+    by token id - the pad token may be the end-of-turn token, which the model must learn. Not shifted (the
+    model shifts labels inside its loss). input_ids, attention_mask: (B, T) right-padded; prompt_lengths: (B,)."""
+    T = input_ids.shape[1]
+    is_prompt = torch.arange(T, device=input_ids.device)[None, :] < prompt_lengths[:, None]   # (B, T)
+    return input_ids.masked_fill(is_prompt | (attention_mask == 0), IGNORE_INDEX)                # a new tensor
+
+
+def lora_forward(x: torch.Tensor, W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: float,
+                 r: int) -> torch.Tensor:
+    """A LoRA linear layer, h = x W^T + (alpha / r) x A^T B^T (Hu et al. 2021, arXiv:2106.09685, Eq. 3), as
+    peft's `lora.Linear` computes it without bias or dropout. x: (..., in); W: (out, in); A: (r, in);
+    B: (out, r). Returns (..., out). x A^T first: the (out, in) matrix B A is never built."""
+    return x @ W.T + (alpha / r) * ((x @ A.T) @ B.T)
 
 
 def load_sft_data(path: str | Path | None = None) -> datasets.Dataset:

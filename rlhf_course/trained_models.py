@@ -10,6 +10,8 @@ code the notebooks teach - `rlhf-course build-checkpoints` rebuilds them (about 
     sft/                the SFT model: the base + LoRA on the demonstrations, merged (notebook 3)
     rm/                 a reward model on the SFT model: LoRA adapter + score head (notebook 5)
     rm_length_biased/   the same, trained on labels from a labeller who likes long answers (notebook 6)
+    rm_helpful/         Llama 2's two reward models (notebook 5): one trained on helpfulness labels only,
+    rm_harmless/        one on harmlessness (safety) labels only, both with centred rewards
 
 On the 7b profile nothing ships (Hub models, a GPU's hours): they are trained on first use, with the
 profile's recipe on its real preference set, into `models_dir(profile)` - `~/.cache/rlhf-course/7b`,
@@ -17,7 +19,8 @@ or $RLHF_COURSE_MODELS (in Colab, a Drive folder, so that a new session finds th
 
     sft/                the SFT adapter on the 4-bit base (a 4-bit base cannot take it in); notebook 3 saves its own here
     rm/                 the reward model, its LoRA started from the SFT adapter
-The length-biased reward model exists only where its labeller does: in the toy world.
+The length-biased and the two single-attribute reward models exist only where their labellers do: in
+the toy world.
 """
 
 from __future__ import annotations
@@ -35,7 +38,10 @@ from rlhf_course.profiles import Profile
 
 LENGTH_BIAS = 0.25  # the biased labeller's utility per sentence: filler looks +0.15 better than nothing
 MODELS_ENV = "RLHF_COURSE_MODELS"
-KINDS = ("default", "length_biased")
+KINDS = ("default", "length_biased", "helpful", "harmless")
+FOLDERS = {"default": "rm", "length_biased": "rm_length_biased", "helpful": "rm_helpful", "harmless": "rm_harmless"}
+ATTRIBUTE_SEEDS = {"helpful": 3, "harmless": 4}  # the seeds of their training pairs (the test pairs: + 100)
+CENTER_REWARDS = 0.01  # Llama 2's safety threshold reads sigmoid(R_s) as a probability: rewards centred on 0
 
 
 def models_dir(profile: Profile) -> Path:
@@ -49,6 +55,17 @@ def models_dir(profile: Profile) -> Path:
 def length_biased_preferences(n: int = toyworld.N_PREF_TRAIN, seed: int = 2) -> list[dict]:
     """The toy world's preference pairs, labelled by someone who likes longer answers (the trap)."""
     return toyworld.make_preference_pairs(n, seed=seed, labeller=toyworld.Labeller(length_bias=LENGTH_BIAS))
+
+
+def attribute_preferences(attribute: str, split: str = "train") -> datasets.Dataset:
+    """The pairs Llama 2's helpful or harmless reward model trains on ("train": the training prompts) or
+    is measured on ("test": the held-out prompts), labelled on that one attribute (`make_attribute_preferences`)."""
+    from rlhf_course.reward_model import make_attribute_preferences
+
+    if split == "train":
+        return make_attribute_preferences(attribute, toyworld.N_PREF_TRAIN, seed=ATTRIBUTE_SEEDS[attribute])
+    return make_attribute_preferences(attribute, toyworld.N_PREF_TEST, seed=ATTRIBUTE_SEEDS[attribute] + 100,
+                                      prompts=toyworld.eval_prompts())
 
 
 def training_data(profile: Profile, sft: bool = False) -> datasets.Dataset | None:
@@ -94,25 +111,33 @@ def sft_model(profile: Profile, progress: bool = False) -> str:
 
 def reward_model_dir(profile: Profile, kind: str = "default", progress: bool = False) -> str:
     """The folder of a reward model adapter on the SFT model, built on first use if missing: kind
-    "default" (the profile's labels) or "length_biased" (the toy world's labels with the verbosity trap)."""
+    "default" (the profile's labels), "length_biased" (the toy world's labels with the verbosity trap), or
+    "helpful" / "harmless" (Llama 2's two reward models, each trained on one attribute's labels)."""
     if kind not in KINDS:
         raise ValueError(f"kind is one of {', '.join(KINDS)}, not {kind!r}")
     if kind == "length_biased" and not profile.has_ground_truth:
         raise ValueError("the length-biased labeller belongs to the toy world (tiny profile): on the 7b profile "
                          "reward hacking shows against the reward model itself, with the judge as the gold reward")
-    path = models_dir(profile) / ("rm" if kind == "default" else "rm_length_biased")
+    if kind in ATTRIBUTE_SEEDS and not profile.has_ground_truth:
+        raise ValueError(f"the {kind}-only labeller belongs to the toy world (tiny profile): a real preference set "
+                         "labels helpfulness and harmlessness in separate sets (e.g. hh-rlhf's helpful-base and "
+                         "harmless-base); train each with reward_model.train_reward_model")
+    path = models_dir(profile) / FOLDERS[kind]
     if not (path / "adapter_model.safetensors").exists():
         from rlhf_course.loading import free_memory
         from rlhf_course.reward_model import train_reward_model
 
-        if kind == "length_biased":  # held out: the toy world's test pairs
-            data, held_out = datasets.Dataset.from_list(length_biased_preferences()), None
+        held_out, center = None, None  # the toy world's test pairs; rewards not centred
+        if kind in ATTRIBUTE_SEEDS:
+            data, held_out, center = attribute_preferences(kind), attribute_preferences(kind, "test"), CENTER_REWARDS
+        elif kind == "length_biased":
+            data = datasets.Dataset.from_list(length_biased_preferences())
         elif profile.has_ground_truth:  # the toy world's files: its train and test pairs
-            data, held_out = None, None
+            data = None
         else:  # a tenth of the real pairs, held out for the accuracy
             data, held_out = preference_split(profile)
         result = train_reward_model(profile, data, held_out, model_id=sft_model(profile, progress), out_dir=str(path),
-                                    progress=progress)
+                                    center_rewards_coefficient=center, progress=progress)
         del result
         free_memory()
         for extra in ("training_args.bin", "README.md"):  # a pickle and a model card: not needed to load
@@ -128,8 +153,8 @@ def reward_model_dir(profile: Profile, kind: str = "default", progress: bool = F
 def build_all(profile: Profile, progress: bool = True) -> dict[str, str]:
     """(Re)build every trained model of the profile from scratch."""
     kinds = KINDS if profile.has_ground_truth else ("default",)
-    for name in ("sft", "rm", "rm_length_biased"):
+    for name in ("sft", *FOLDERS.values()):
         shutil.rmtree(models_dir(profile) / name, ignore_errors=True)
     out = {"sft": sft_model(profile, progress)}
-    out |= {("rm" if k == "default" else "rm_length_biased"): reward_model_dir(profile, k, progress) for k in kinds}
+    out |= {FOLDERS[k]: reward_model_dir(profile, k, progress) for k in kinds}
     return out

@@ -33,7 +33,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from rlhf_course import doctor, memory, plots, sampling, toyworld
-from rlhf_course.evaluation import best_possible_reward
+from rlhf_course.evaluation import best_possible_reward, evaluate_policy, protocol
 from rlhf_course.gold import gold_reward_fn
 from rlhf_course.loading import free_memory, load_policy, load_tokenizer
 from rlhf_course.paths import data_path
@@ -271,15 +271,18 @@ print(f"end of turn (and of sequence): {tokenizer.eos_token!r}; padding: {tokeni
 # %% [markdown]
 # The tokenizer is word-level (`Ġ` marks a space before a word), so one token is one word. To get an
 # answer, the model is given the prompt with the assistant's turn opened (`<|assistant|>`) and samples
-# one token at a time until it writes `<|end|>`. `sampling.generate` does it in batches; sampling at
-# the profile's temperature (0.7) is how the course evaluates every policy.
+# one token at a time until it writes `<|end|>`. `sampling.generate` does it in batches. The course
+# evaluates every policy the same way, `evaluation.protocol(profile)`: 4 answers to each held-out prompt,
+# sampled at the profile's temperature (0.7) with seed 0. So the base model's mean reward below is the
+# number notebook 3 shows for it, and the SFT model has one number in notebooks 2, 3, 6, 7 and 8.
 
 # %%
-questions = [p.text for p in held_out]
-answers = sampling.generate(model, tokenizer, questions * 4, tiny.max_new_tokens, temperature=tiny.temperature, seed=0)
-rewards = [toyworld.reward(q, a.text, a.ended) for q, a in zip(questions * 4, answers)]
-for i in (0, 1, 13, 16, 30):
-    print(f"{questions[i]}\n  -> {answers[i].text}   [reward {rewards[i]:+.1f}]")
+base_eval = evaluate_policy(model, tokenizer, **protocol(tiny))   # each held-out prompt 4 times, in order
+answered = [s.world for s in base_eval.samples]                    # the prompt of each answer
+answers = [s.completion for s in base_eval.samples]
+rewards = base_eval.rewards                                        # the ground truth of each answer
+for i in (0, 4, 52, 64, 120):
+    print(f"{answered[i].text}\n  -> {answers[i].text}   [reward {rewards[i]:+.1f}]")
 
 # %%
 well_formed = mean(toyworld.is_well_formed(a.text, a.ended) for a in answers)
@@ -311,7 +314,7 @@ def sentence_kinds(prompts, texts):
                                                   "disagree", "garbled", "repeat")}
 
 
-kinds_base = sentence_kinds(held_out * 4, [a.text for a in answers])
+kinds_base = sentence_kinds(answered, [a.text for a in answers])
 kinds_demo = sentence_kinds(held_out * 4, demos)
 fig, ax = plt.subplots(figsize=(8, 3.2), layout="constrained")
 x = torch.arange(len(kinds_base))

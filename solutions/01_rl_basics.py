@@ -98,20 +98,31 @@ print(f"... the episode ended after {len(steps)} steps in {world.cell(state)} wi
 #
 # ### Exercise 1.1 — The discounted return
 # *Difficulty ●○○ · importance: high (every RL algorithm maximises this number) · about 5 minutes ·
-# checked against `rlhf_course.rl_basics.discounted_return` on 25 episodes, with the usual mistakes named.*
+# checked against `rlhf_course.rl_basics.discounted_return` on 25 episodes, gamma from 0 to 1.*
+#
+# **Mistakes the check names**: gamma ignored; every reward discounted once too often ($\gamma^{t+1}$);
+# discounting from the end of the episode; only the first or the last reward kept; the `rewards` list
+# changed in place.
+#
+# <details><summary>Hint 2 (the formula, as code)</summary>
+#
+# Reward $r_t$ is weighted $\gamma^t$: `gamma**t * r` for each `t, r` of `enumerate(rewards)`, added up
+# with `sum(...)`.
+#
+# </details>
 
 # %%
 def discounted_return(rewards: list[float], gamma: float) -> float:
     """G_0 = sum_t gamma^t r_t for the rewards r_0, r_1, ... of one episode."""
     # SOLUTION
     # STUB return 0.0
-    # HINT enumerate(rewards) gives you t and r_t together
+    # HINT each reward counts a little less than the one before it: what weight does the reward at step t get?
     return sum(gamma**t * r for t, r in enumerate(rewards))
     # END SOLUTION
 
 
 # %%
-check_discounted_return(discounted_return)
+discounted_return = check_discounted_return(discounted_return)
 
 # %% [markdown]
 # How good is the random policy? Its return varies from episode to episode (the policy and the floor
@@ -142,6 +153,18 @@ print(f"Monte Carlo estimate of V(start) with gamma = 0.9: {mc_random:.2f}")
 # gives all of them in one backward pass. Write it for a batch of episodes, one per row of a
 # `(B, T)` tensor (episodes that ended early have zero rewards after their end). Return a new tensor;
 # do not change `rewards`.
+#
+# **Mistakes the check names**: the recursion run forwards in time; the past rewards summed (a plain
+# cumulative sum); gamma ignored; $r_t$ left out of $G_t$; discounting relative to the start of the
+# episode; only $G_0$ filled in; `rewards` changed in place (or an answer that changes when `rewards` is
+# a view). It tries three values of gamma.
+#
+# <details><summary>Hint 2 (the loop)</summary>
+#
+# Keep a `(B,)` tensor `running`, starting at 0 ($G_T$). For `t` in `reversed(range(T))`:
+# `running = rewards[:, t] + gamma * running`, then `returns[:, t] = running`.
+#
+# </details>
 
 # %%
 def returns_to_go(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -150,7 +173,7 @@ def returns_to_go(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
     B, T = rewards.shape
     returns = torch.zeros_like(rewards)  # (B, T)
     # SOLUTION
-    # HINT loop t from T - 1 down to 0, carrying the running return G_{t+1} (a (B,) tensor)
+    # HINT which G_t can you write down without knowing any other? Start there, and walk the recursion
     running = torch.zeros(B, dtype=rewards.dtype)  # G_T = 0
     for t in reversed(range(T)):
         running = rewards[:, t] + gamma * running
@@ -160,7 +183,7 @@ def returns_to_go(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 # %%
-check_returns_to_go(returns_to_go)
+returns_to_go = check_returns_to_go(returns_to_go)
 
 # %%
 ep = episodes[0]
@@ -207,13 +230,24 @@ print(f"best arm: {bandit.best_arm} (mean {bandit.means.max():.2f})")
 # With probability `epsilon` return a uniformly random arm (any of the $K$, the greedy one included);
 # otherwise return the arm with the highest `q_values` (the first one on a tie, as `torch.argmax`
 # does). Draw every random number from `rng` (a `random.Random`), so a seed reproduces a run.
+#
+# **Mistakes the check names**: the lowest arm instead of the highest; the explore test reversed;
+# exploring only the other arms (the greedy one excluded); an uneven random arm; the last arm of a tie
+# instead of the first; random numbers not drawn from `rng`.
+#
+# <details><summary>Hint 2 (the two branches)</summary>
+#
+# `if rng.random() < epsilon:` explore with `rng.randrange(len(q_values))`; else exploit with
+# `int(torch.argmax(q_values))`.
+#
+# </details>
 
 # %%
 def epsilon_greedy(q_values: torch.Tensor, epsilon: float, rng: random.Random) -> int:
     """The arm to pull: random with probability epsilon, else argmax_a Q(a). q_values: (K,)."""
     # SOLUTION
     # STUB return 0
-    # HINT rng.random() < epsilon decides to explore; rng.randrange(K) is a random arm
+    # HINT one uniform draw from rng decides between exploring and exploiting
     if rng.random() < epsilon:
         return rng.randrange(len(q_values))
     return int(torch.argmax(q_values))
@@ -221,7 +255,7 @@ def epsilon_greedy(q_values: torch.Tensor, epsilon: float, rng: random.Random) -
 
 
 # %%
-check_epsilon_greedy(epsilon_greedy)
+epsilon_greedy = check_epsilon_greedy(epsilon_greedy)
 
 # %% [markdown]
 # Now your `epsilon_greedy` plays the testbed, against pure greed and UCB. Each curve averages 30
@@ -300,7 +334,18 @@ print("each row of P sums to 1:", bool(torch.allclose(P.sum(dim=2), torch.ones(1
 # checked against `rlhf_course.rl_basics.bellman_backup` on a random 6-state, 3-action MDP.*
 #
 # Compute $Q(s, a) = R(s, a) + \gamma \sum_{s'} P(s' \mid s, a) V(s')$ for every state and action at once.
-# One line of tensor code does it (a matrix-vector product over the last axis of `P`).
+# One line of tensor code does it.
+#
+# **Mistakes the check names**: gamma missing; $R(s, a)$ missing; only $R(s, a)$; $V(s)$ of the current
+# state instead of $V(s')$; the sum over the wrong axis of `P`; the max over actions taken already;
+# `V`, `P` or `R` changed in place, or `.view` on a non-contiguous `P`. It tries three values of gamma.
+#
+# <details><summary>Hint 2 (the product)</summary>
+#
+# `P @ V` multiplies the last axis of `P` (S, A, S) with `V` (S,): the expected next value, shape (S, A).
+# Then $Q$ = `R + gamma * (P @ V)`.
+#
+# </details>
 
 # %%
 def bellman_backup(V: torch.Tensor, P: torch.Tensor, R: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -308,13 +353,13 @@ def bellman_backup(V: torch.Tensor, P: torch.Tensor, R: torch.Tensor, gamma: flo
     assert P.shape[0] == P.shape[2] == V.shape[0] and R.shape == P.shape[:2]
     # SOLUTION
     # STUB return R.clone()
-    # HINT P @ V multiplies the last axis of P (S, A, S) with V (S,): the expected next value, shape (S, A)
+    # HINT the sum over s' is an expectation of V under P[s, a, :]: which tensor operation sums over an axis?
     return R + gamma * (P @ V)
     # END SOLUTION
 
 
 # %%
-check_bellman_backup(bellman_backup)
+bellman_backup = check_bellman_backup(bellman_backup)
 
 # %% [markdown]
 # **Policy evaluation** applies the Bellman expectation equation as an update until nothing changes:
@@ -343,6 +388,17 @@ print("they agree within 0.03:", abs(V_random[start].item() - mc_random) < 0.03)
 # with ties broken toward the first action: this gridworld is symmetric about its diagonal, so some
 # actions are worth *exactly* the same, and a plain `Q.argmax(dim=1)` would let the last bits of the
 # CPU's arithmetic choose between them (an Intel and an AMD CPU draw different arrows).
+#
+# **Mistakes the check names**: one sweep only; $V$ left at zero; the average over actions (that
+# evaluates the random policy); only the best immediate reward; a policy that is not greedy (argmin);
+# `P` or `R` changed in place.
+#
+# <details><summary>Hint 2 (one sweep, and when to stop)</summary>
+#
+# One sweep: `V_new = bellman_backup(V, P, R, gamma).max(dim=1).values`. Stop when
+# `(V_new - V).abs().max() < tol`. The policy: `greedy_policy(bellman_backup(V, P, R, gamma))`.
+#
+# </details>
 
 # %%
 def value_iteration(P: torch.Tensor, R: torch.Tensor, gamma: float, tol: float = 1e-10,
@@ -351,7 +407,7 @@ def value_iteration(P: torch.Tensor, R: torch.Tensor, gamma: float, tol: float =
     V = torch.zeros(P.shape[0], dtype=P.dtype)  # (S,)
     # SOLUTION
     # STUB return V, torch.zeros(P.shape[0], dtype=torch.long)
-    # HINT Q.max(dim=1).values is max over actions, greedy_policy(Q) the best action; stop when (V_new - V).abs().max() < tol
+    # HINT your bellman_backup gives Q from V; the optimality equation turns Q back into V. Repeat until V stops moving
     for _ in range(max_iters):
         V_new = bellman_backup(V, P, R, gamma).max(dim=1).values
         converged = (V_new - V).abs().max() < tol
@@ -363,7 +419,7 @@ def value_iteration(P: torch.Tensor, R: torch.Tensor, gamma: float, tol: float =
 
 
 # %%
-check_value_iteration(value_iteration)
+value_iteration = check_value_iteration(value_iteration)
 
 # %%
 V_star, pi_star = value_iteration(P, R, gamma=0.9)

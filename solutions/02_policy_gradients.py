@@ -36,7 +36,7 @@ from transformers.utils import logging as hf_logging
 from rlhf_course import trained_models
 from rlhf_course.checks.nb02_policy_gradients import (check_compute_gae, check_masked_whiten, check_reinforce_loss,
                                                       check_sequence_logprob)
-from rlhf_course.evaluation import evaluate_policy, prompts_for
+from rlhf_course.evaluation import evaluate_policy, prompts_for, protocol
 from rlhf_course.gold import gold_reward_fn
 from rlhf_course.loading import load_policy, load_tokenizer
 from rlhf_course.logprobs import completion_logprobs
@@ -97,8 +97,19 @@ _ = torch.manual_seed(0)  # the seed for the cells below
 # gradient flows into the baseline.*
 #
 # Write the loss whose gradient is the REINFORCE estimate: the mean over the batch of
-# $-(G_i - b_i)\log \pi_\theta(a_i)$. The weight $G - b$ is a constant for the policy's update:
-# `detach()` it (a learned baseline is trained by its own loss, never by this one).
+# $-(G_i - b_i)\log \pi_\theta(a_i)$. The weight $G - b$ is a constant for the policy's update (a learned
+# baseline is trained by its own loss, never by this one). The package's version is
+# `rlhf_course.policy_gradient.reinforce_loss`, with the same signature.
+#
+# **Mistakes the check names**: the wrong sign; the baseline not subtracted; a sum instead of a mean;
+# not a 0-dimensional tensor; no gradient reaching the policy (detached log-probs); a gradient flowing
+# into a learned baseline; `returns` changed in place.
+#
+# <details><summary>Hint 2 (the two lines)</summary>
+#
+# `advantages = (returns - baseline).detach()`, then the loss is `-(advantages * logprobs).mean()`.
+#
+# </details>
 
 # %%
 def reinforce_loss(logprobs: torch.Tensor, returns: torch.Tensor, baseline) -> torch.Tensor:
@@ -110,14 +121,14 @@ def reinforce_loss(logprobs: torch.Tensor, returns: torch.Tensor, baseline) -> t
     assert logprobs.shape == returns.shape
     # SOLUTION
     # STUB return torch.zeros((), requires_grad=True)
-    # HINT the advantage (returns - baseline) is a constant weight: .detach() it, then average weight * logprobs
+    # HINT the optimiser minimises; only log pi may carry a gradient - the weight G - b must not
     advantages = (returns - baseline).detach()   # (B,)
     return -(advantages * logprobs).mean()
     # END SOLUTION
 
 
 # %%
-check_reinforce_loss(reinforce_loss)
+reinforce_loss = check_reinforce_loss(reinforce_loss)
 
 # %% [markdown]
 # Now train the bandit's policy with it: 4 pulls per step, plain SGD, 200 steps, 10 seeds. The
@@ -214,7 +225,19 @@ print(f"the baseline divides the variance by more than 50: {var['b = 0'] / var['
 #
 # ### Exercise 2.2 — Masked whitening
 # *Difficulty ●○○ · importance: medium (a silent bug when wrong: nothing crashes) · about 5 minutes ·
-# checked against `rlhf_course.ppo.masked_whiten` on a batch whose padding holds a loud value (40).*
+# checked against `rlhf_course.ppo.masked_whiten` on batches whose padding holds a loud value (40), and on
+# one whose real entries are all equal.*
+#
+# **Mistakes the check names**: padding counted in the mean and the std; padding not zeroed; each row
+# whitened on its own instead of the whole batch; the mean not subtracted, or the std not divided by;
+# NaN when the std is 0 (no epsilon); `x` changed in place.
+#
+# <details><summary>Hint 2 (the formulas)</summary>
+#
+# `mean = (x * mask).sum() / mask.sum()`; `var = ((x - mean) ** 2 * mask).sum() / mask.sum()`; return
+# `(x - mean) * torch.rsqrt(var + 1e-8) * mask`.
+#
+# </details>
 
 # %%
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -225,7 +248,7 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     assert x.shape == mask.shape
     # SOLUTION
     # STUB return x
-    # HINT mean = (x * mask).sum() / mask.sum(); the variance is the same kind of masked mean of (x - mean) ** 2
+    # HINT a mean over the real entries only is a sum over them divided by how many there are; the std likewise
     mean = (x * mask).sum() / mask.sum()
     var = (((x - mean) ** 2) * mask).sum() / mask.sum()
     return (x - mean) * torch.rsqrt(var + 1e-8) * mask
@@ -233,7 +256,7 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 # %%
-check_masked_whiten(masked_whiten)
+masked_whiten = check_masked_whiten(masked_whiten)
 
 
 # %% [markdown]
@@ -267,12 +290,24 @@ check_masked_whiten(masked_whiten)
 #
 # ### Exercise 2.3 — GAE over a padded batch
 # *Difficulty ●●○ · importance: high (PPO, notebook 6, is built on it) · about 15 minutes · checked
-# against `rlhf_course.ppo.compute_gae` with gamma 0.9 and lambda 0.7, and at lambda 0 and 1; the
-# check names the usual mistakes (a bootstrap from padding, gamma and lambda swapped, a forward
-# recursion, ...).*
+# against `rlhf_course.ppo.compute_gae` for three (gamma, lambda) pairs, and at lambda 0 and 1.*
 #
 # `rewards`, `values` and `mask` are `(B, T)`, each row an answer padded on the right. Return
 # `(advantages, returns)`, both `(B, T)` and 0 on padding.
+#
+# **Mistakes the check names**: bootstrapping from a padded position (a value after the answer's end);
+# gamma and lambda swapped; gamma missing; lambda missing; the one-step TD errors only; the recursion run
+# forwards; advantages left on padding; the advantages returned as the returns; `values` changed in place
+# (`values *= mask` also fails on an expanded tensor).
+#
+# <details><summary>Hint 2 (the recursion)</summary>
+#
+# `values = values * mask` (a new tensor). Then for `t` in `reversed(range(T))`:
+# `next_value = values[:, t + 1]` (0 at the last column), `delta = rewards[:, t] + gamma * next_value - values[:, t]`,
+# `A = delta + gamma * lam * A`, `advantages[:, t] = A`. Finally `advantages * mask`, and
+# `returns = advantages + values`.
+#
+# </details>
 
 # %%
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
@@ -286,7 +321,7 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
     B, T = rewards.shape
     # SOLUTION
     # STUB return torch.zeros_like(rewards), torch.zeros_like(rewards)
-    # HINT mask the values first (values * mask), then loop t from T-1 down to 0 keeping the running A_{t+1}
+    # HINT what is V just after an answer's last token? Then it is returns_to_go's backward loop, over TD errors
     values = values * mask                           # V = 0 on padding: nothing to bootstrap from after the end
     advantages = torch.zeros_like(rewards)           # (B, T)
     next_advantage = torch.zeros(B)                  # A_{T} = 0
@@ -301,7 +336,7 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
 
 
 # %%
-check_compute_gae(compute_gae)
+compute_gae = check_compute_gae(compute_gae)
 
 # %% [markdown]
 # **The lambda trade-off, measured.** Episodes of 16 steps, each reward $r_t \sim \mathcal N(0.1, 1)$, so
@@ -369,9 +404,19 @@ for error in (0.5, 5.0):
 #
 # ### Exercise 2.4 — log pi(answer | prompt)
 # *Difficulty ●●○ · importance: high (PPO's ratios, the KL penalty and DPO's implicit reward are all
-# built on it) · about 10 minutes · checked on random logits, then on the tiny model against
-# `rlhf_course.logprobs.sequence_logprobs`; the check names an off-by-one shift, an unmasked prompt,
-# raw logits instead of log-probabilities.*
+# built on it) · about 10 minutes · checked against `rlhf_course.logprobs.sequence_logprob` on random
+# logits (and logits of a few hundred), then on the tiny model against `logprobs.sequence_logprobs`.*
+#
+# **Mistakes the check names**: no shift (off by one); the prompt counted; the mask not shifted with the
+# tokens; a mean instead of a sum; raw logits gathered; probabilities summed; no gradient to the logits;
+# -inf at large logits (`log(softmax(x))`); `logits` changed in place.
+#
+# <details><summary>Hint 2 (shift, gather, mask, sum)</summary>
+#
+# `logp = F.log_softmax(logits[:, :-1], dim=-1)` (B, T-1, V); `logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)`
+# is each next token's log-prob (B, T-1); multiply by `completion_mask[:, 1:]` and `.sum(dim=1)`.
+#
+# </details>
 
 # %%
 def sequence_logprob(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
@@ -384,7 +429,7 @@ def sequence_logprob(logits: torch.Tensor, input_ids: torch.Tensor, completion_m
     assert input_ids.shape == completion_mask.shape == (B, T)
     # SOLUTION
     # STUB return torch.zeros(B)
-    # HINT log_softmax over the vocabulary, then .gather(-1, ...) picks each next token's log-prob: logits[:, t] scores input_ids[:, t + 1]
+    # HINT the logits at position t are a prediction of the token at t + 1: line the two up before looking anything up
     logp = F.log_softmax(logits[:, :-1].float(), dim=-1)                          # (B, T-1, V): predicts tokens 1..T-1
     token_logp = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)   # (B, T-1)
     return (token_logp * completion_mask[:, 1:]).sum(dim=1)                     # (B,)
@@ -392,22 +437,30 @@ def sequence_logprob(logits: torch.Tensor, input_ids: torch.Tensor, completion_m
 
 
 # %%
-check_sequence_logprob(sequence_logprob)
+sequence_logprob = check_sequence_logprob(sequence_logprob)
 
 # %% [markdown]
 # ## 6. REINFORCE on the tiny language model
 #
-# Now the real thing, at toy scale. The policy is the course's SFT model (notebook 3 trains it) with a
-# fresh LoRA adapter, the reward is the toy world's ground truth (`toyworld.ground_truth_rewards`; in
-# RLHF a learned reward model takes its place, notebook 5). On the `7b` profile there is no ground truth
-# for free text: the reward is the independent judge (`gold.gold_reward_fn(profile)`, a 0.6B reward model
-# loaded beside the 4-bit base), the prompts are the real preference set's (`evaluation.prompts_for`), the
-# learning rate is the 7B recipe's (`profile.recipe.pg_learning_rate`), and the run is `profile.ppo_steps`
-# steps of 4 answers, one answer per held-out prompt to evaluate (on a T4, an estimated half a minute
-# per step; plus, the first time, the SFT adapter, which `trained_models.sft_model` trains on the real
-# demonstrations if notebook 3 has not: an estimated 10-30 minutes). Memory, estimated: one 4-bit base
-# with its adapter, under the PPO plan's 7.0 GiB (`rlhf-course memory --method ppo`), and the judge's
-# 2.4 GB (fp32 on a T4). One step:
+# Now the real thing, at toy scale. The reward is the toy world's ground truth
+# (`toyworld.ground_truth_rewards`; in RLHF a learned reward model takes its place, notebook 5).
+#
+# > **A black box for now: the SFT model.** The policy starts from the course's *SFT model* (with a
+# > fresh LoRA adapter, the only weights trained here): the tiny base model after supervised fine-tuning
+# > on demonstrations of good answers. Notebook 3 opens this box - how it is trained, and why RLHF starts
+# > from it. Here it is simply a better starting point than the base model, loaded ready-made with
+# > `trained_models.sft_model(profile)`.
+#
+# On the `7b` profile there is no ground truth for free text: the reward is the independent judge
+# (`gold.gold_reward_fn(profile)`, a 0.6B reward model loaded beside the 4-bit base), the prompts are the
+# real preference set's (`evaluation.prompts_for`), the learning rate is the 7B recipe's
+# (`profile.recipe.pg_learning_rate`), and the run is `profile.ppo_steps` steps of 4 answers, one answer
+# per held-out prompt to evaluate (on a T4, an estimated half a minute per step; plus, the first time, the
+# SFT adapter, which `trained_models.sft_model` trains on the real demonstrations if notebook 3 has not:
+# an estimated 10-30 minutes). Memory, estimated: one 4-bit base with its adapter, under the PPO plan's
+# 7.0 GiB (`rlhf-course memory --method ppo`), and the judge's 2.4 GB (fp32 on a T4).
+#
+# One step:
 #
 # 1. sample one answer for each of a batch of training prompts (`sampling.sample_ids`, at the profile's
 #    temperature);
@@ -423,14 +476,11 @@ check_sequence_logprob(sequence_logprob)
 # NBVAL_IGNORE_OUTPUT
 gold = gold_reward_fn(profile)                 # the toy world's ground truth; on the 7b profile, the judge
 GOLD = "ground-truth" if profile.has_ground_truth else "judged"
-EVAL_N = 2 if profile.has_ground_truth else 1  # answers per held-out prompt (a 7B's real prompts: one each)
 sft_path = trained_models.sft_model(profile)   # the course's SFT model (on the 7b profile: the SFT adapter, trained once)
 tokenizer = load_tokenizer(profile, sft_path)
 torch.manual_seed(0)
 policy = load_policy(profile, model_id=sft_path)   # + a fresh LoRA adapter: the only trained weights
-eval_prompts = None if profile.has_ground_truth else prompts_for(profile, "eval")  # None: the toy world's held-out prompts
-before = evaluate_policy(policy, tokenizer, eval_prompts, n_per_prompt=EVAL_N, temperature=profile.temperature,
-                         max_new_tokens=profile.max_new_tokens, judge=gold)
+before = evaluate_policy(policy, tokenizer, **protocol(profile, gold))   # the course's one evaluation protocol
 print(f"mean {GOLD} reward on the held-out prompts before REINFORCE: {before.summary()['reward']:.3f}")
 
 # %%
@@ -473,8 +523,7 @@ plot_training_curves(history, ["reward", "answer_tokens"], title="REINFORCE on t
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-after = evaluate_policy(policy, tokenizer, eval_prompts, n_per_prompt=EVAL_N, temperature=profile.temperature,
-                        max_new_tokens=profile.max_new_tokens, judge=gold)
+after = evaluate_policy(policy, tokenizer, **protocol(profile, gold))
 r0, r1 = before.summary()["reward"], after.summary()["reward"]
 print(f"held-out prompts: mean {GOLD} reward {r0:.3f} (SFT) -> {r1:.3f} (after {STEPS} REINFORCE steps)")
 for s in after.samples[:3]:

@@ -42,7 +42,7 @@ from transformers.utils import logging as hf_logging
 
 from rlhf_course import memory, toyworld, trained_models
 from rlhf_course.checks.nb03_sft import check_completion_labels, check_count_lora_params, check_lora_forward
-from rlhf_course.evaluation import evaluate_policy, prompts_for
+from rlhf_course.evaluation import evaluate_policy, protocol
 from rlhf_course.gold import gold_reward_fn
 from rlhf_course.loading import free_memory, is_adapter, load_policy, load_tokenizer, lora_config
 from rlhf_course.plots import plot_reward_distributions, plot_training_curves
@@ -91,10 +91,8 @@ print(f"{len(demos)} demonstrations, e.g.\n  prompt: {demos[0]['prompt'][0]['con
 # NBVAL_IGNORE_OUTPUT
 gold = gold_reward_fn(profile)        # the toy world's ground truth; on the 7b profile, the independent judge
 GOLD = "ground-truth" if profile.has_ground_truth else "judged"
-eval_prompts = None if profile.has_ground_truth else prompts_for(profile, "eval")  # None: the toy world's held-out
-EVAL = dict(n_per_prompt=2 if profile.has_ground_truth else 1, temperature=profile.temperature,
-            max_new_tokens=profile.max_new_tokens, judge=gold)
-base_eval = evaluate_policy(base, tokenizer, eval_prompts, **EVAL)
+EVAL = protocol(profile, gold)        # the course's one evaluation protocol
+base_eval = evaluate_policy(base, tokenizer, **EVAL)
 for s in base_eval.samples[:6:2]:
     print(f"{s.prompt!r}\n  base model: {s.completion.text!r}  (reward {s.reward:+.2f})")
 print(f"\nbase model, mean {GOLD} reward on the held-out prompts: {base_eval.summary()['reward']:.3f}")
@@ -130,7 +128,19 @@ print("(in brackets: no loss)")
 #
 # A batch is **right-padded** (as for training); `attention_mask` is 0 on padding. Careful: the pad token
 # can be a real token too (some tokenizers pad with the end-of-sequence token), so find the padding with
-# the mask, not by comparing token ids.
+# the mask, not by comparing token ids. The package's version is `rlhf_course.sft.completion_labels`.
+#
+# **Mistakes the check names**: nothing masked; 0 instead of -100; the prompt not masked; the padding not
+# masked; the end-of-turn token masked (the model must learn to stop); every token equal to the pad token
+# masked (a tokenizer that pads with its end-of-turn token); the prompt off by one; the labels shifted;
+# `input_ids` changed in place.
+#
+# <details><summary>Hint 2 (two masks)</summary>
+#
+# `is_prompt = torch.arange(T)[None, :] < prompt_lengths[:, None]` is True on the prompt positions, (B, T).
+# `input_ids.masked_fill(is_prompt | (attention_mask == 0), -100)` returns a new tensor.
+#
+# </details>
 
 # %%
 def completion_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
@@ -143,14 +153,14 @@ def completion_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, pro
     assert attention_mask.shape == (B, T) and prompt_lengths.shape == (B,)
     # SOLUTION
     # STUB return input_ids.clone()
-    # HINT torch.arange(T)[None, :] < prompt_lengths[:, None] is True on the prompt positions, (B, T)
+    # HINT compare every position's index with its row's prompt length; the padding is where the mask says so
     is_prompt = torch.arange(T, device=input_ids.device)[None, :] < prompt_lengths[:, None]   # (B, T)
     return input_ids.masked_fill(is_prompt | (attention_mask == 0), -100)                       # a copy
     # END SOLUTION
 
 
 # %%
-check_completion_labels(completion_labels)
+completion_labels = check_completion_labels(completion_labels)
 
 
 # %% [markdown]
@@ -216,6 +226,16 @@ print(f"base model on 32 demonstrations: loss {everything:.2f} per token with th
 # same $W_0$, $A$ and $B$ (a square and a rectangular layer), and with $B = 0$.*
 #
 # `W` has `nn.Linear`'s layout `(out, in)`: the frozen layer computes `x @ W.T`.
+#
+# **Mistakes the check names**: the scale $\alpha / r$ missing, upside down ($r / \alpha$) or $\alpha$
+# alone; the LoRA branch missing; the frozen layer's output missing; `x @ W` instead of `x @ W.T`; `x`
+# changed in place. It tries three ranks and scales.
+#
+# <details><summary>Hint 2 (the line)</summary>
+#
+# `x @ W.T + (alpha / r) * ((x @ A.T) @ B.T)`: `x @ A.T` is (..., r), then `@ B.T` is (..., out).
+#
+# </details>
 
 # %%
 def lora_forward(x: torch.Tensor, W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: float, r: int) -> torch.Tensor:
@@ -226,7 +246,7 @@ def lora_forward(x: torch.Tensor, W: torch.Tensor, A: torch.Tensor, B: torch.Ten
     assert A.shape == (r, W.shape[1]) and B.shape == (W.shape[0], r)
     # SOLUTION
     # STUB return x @ W.T
-    # HINT the frozen layer's output plus the scaled low-rank branch; multiply x by A^T first, so the (out, in) matrix B A is never built
+    # HINT the frozen layer's output plus the scaled low-rank branch; apply A before B, so the (out, in) matrix B A is never built
     frozen = x @ W.T                      # (..., out)
     update = (x @ A.T) @ B.T              # (..., r) then (..., out): never builds the (out, in) matrix B A
     return frozen + (alpha / r) * update
@@ -234,7 +254,7 @@ def lora_forward(x: torch.Tensor, W: torch.Tensor, A: torch.Tensor, B: torch.Ten
 
 
 # %%
-check_lora_forward(lora_forward)
+lora_forward = check_lora_forward(lora_forward)
 
 
 # %% [markdown]
@@ -247,7 +267,19 @@ check_lora_forward(lora_forward)
 # `num_attention_heads`, `num_key_value_heads`, and `head_dim`, which may be missing: then it is
 # `hidden_size // num_attention_heads`). In a Llama/Mistral block, q/k/v/o_proj are the attention's
 # projections (with grouped-query attention, k and v have only `num_key_value_heads` heads) and
-# gate/up/down_proj the MLP's.
+# gate/up/down_proj the MLP's. The package's version is `rlhf_course.memory.count_lora_params`.
+#
+# **Mistakes the check names**: k and v sized without grouped-query attention; one block counted, not
+# all layers; $r \cdot d_\text{in} \cdot d_\text{out}$ per layer; only $A$, or only $B$; the frozen weights
+# counted; the MLP taken as hidden x hidden; every layer taken as square.
+#
+# <details><summary>Hint 2 (the shapes)</summary>
+#
+# (in, out) of each projection: q `(H, heads * head_dim)`, k and v `(H, kv_heads * head_dim)`, o
+# `(heads * head_dim, H)`, gate and up `(H, I)`, down `(I, H)`. Sum `r * (in + out)` over the targets,
+# times the number of layers `L`.
+#
+# </details>
 
 # %%
 def count_lora_params(config, r: int, targets: tuple[str, ...]) -> int:
@@ -256,7 +288,7 @@ def count_lora_params(config, r: int, targets: tuple[str, ...]) -> int:
     head_dim = getattr(config, "head_dim", None) or H // config.num_attention_heads
     # SOLUTION
     # STUB return 0
-    # HINT write down (in_features, out_features) of each of the 7 projections; a LoRA pair has r * (in + out)
+    # HINT write down (in_features, out_features) of each of the 7 projections of one block, then count A and B
     q_dim, kv_dim = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
     shapes = {"q_proj": (H, q_dim), "k_proj": (H, kv_dim), "v_proj": (H, kv_dim), "o_proj": (q_dim, H),
               "gate_proj": (H, I), "up_proj": (H, I), "down_proj": (I, H)}
@@ -265,7 +297,7 @@ def count_lora_params(config, r: int, targets: tuple[str, ...]) -> int:
 
 
 # %%
-check_count_lora_params(count_lora_params)
+count_lora_params = check_count_lora_params(count_lora_params)
 
 # %%
 with torch.device("meta"):  # the architecture without its weights: counting loads nothing (and no second 7B)
@@ -306,11 +338,11 @@ plot_training_curves(result.history, ["loss", "mean_token_accuracy"], title=f"SF
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-evals = {"base": base_eval, f"SFT, {STEPS} steps": evaluate_policy(result.model, tokenizer, eval_prompts, **EVAL)}
+evals = {"base": base_eval, f"SFT, {STEPS} steps": evaluate_policy(result.model, tokenizer, **EVAL)}
 if profile.has_ground_truth:  # the course ships the toy world's SFT model; a 7B's is trained in section 7
     sft_path = trained_models.sft_model(profile)   # 200 steps of train_sft
     shipped = load_policy(profile, lora=False, model_id=sft_path, verbose=False)
-    evals["SFT, shipped"] = evaluate_policy(shipped, tokenizer, eval_prompts, **EVAL)
+    evals["SFT, shipped"] = evaluate_policy(shipped, tokenizer, **EVAL)
 if profile.one_base_at_a_time:  # its metrics and history stay; its 4-bit model goes before section 5 loads one
     result.model = None
     free_memory()
@@ -513,7 +545,7 @@ if not profile.has_ground_truth:  # the 7b profile: the SFT model of every later
         print(f"saved the SFT adapter to {save_sft_model(sft_7b.model, tokenizer, sft_dir)}")
         sft_7b_model = sft_7b.model
         del sft_7b
-    sft_eval = evaluate_policy(sft_7b_model, tokenizer, eval_prompts, baseline=base_eval, **EVAL)
+    sft_eval = evaluate_policy(sft_7b_model, tokenizer, baseline=base_eval, **EVAL)
     print(f"judged reward on {len(sft_eval.samples)} held-out prompts: base {base_eval.summary()['reward']:+.3f} -> "
           f"SFT {sft_eval.summary()['reward']:+.3f}; the SFT model's win rate against the base: "
           f"{sft_eval.summary()['win_rate']:.2f}")

@@ -33,23 +33,21 @@ from collections import Counter
 from pathlib import Path
 
 import datasets
-import torch
 from transformers.utils import logging as hf_logging
 
 from rlhf_course import toyworld, trained_models
-from rlhf_course.ai_feedback import (CONSTITUTION, ConstitutionalJudge, GroundTruthJudge, RewardModelJudge,
-                                     judge_agreement, judge_prompt, make_judge)
-from rlhf_course.checks.nb04_human_feedback import (check_bt_probability, check_cohen_kappa, check_labels_to_records,
+from rlhf_course.ai_feedback import (CONSTITUTION, ConstitutionalJudge, GroundTruthJudge, RewardModelJudge, critique,
+                                     judge_agreement, judge_prompt, make_judge, revise)
+from rlhf_course.checks.nb04_human_feedback import (check_bradley_terry, check_cohen_kappa, check_labels_to_records,
                                                     check_majority)
 from rlhf_course.evaluation import prompts_for
 from rlhf_course.gold import gold_reward_fn
 from rlhf_course.iterative import LoopConfig, iterative_loop, plot_rounds
-from rlhf_course.labelling import (LabellingSession, Pair, compare_labels, label_pairs, labelling_widget,
+from rlhf_course.labelling import (Pair, compare_labels, label_pairs, labelling_widget,
                                    labels_to_preferences, merge_labels, read_labels, sample_pairs, simulated_labeller)
 from rlhf_course.loading import free_memory, load_policy, load_tokenizer
 from rlhf_course.paths import data_path
 from rlhf_course.preferences import load_preferences, to_conversational, to_plain, validate_file, validate_records
-from rlhf_course.reward_model import load_trained_reward_model
 
 # %%
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not our business here
@@ -230,7 +228,20 @@ print("decisions:", dict(Counter(label.decision for label in labels)),
 # `prompt` is a user message, and `chosen` and `rejected` are assistant messages. Ties and skips
 # are dropped, because they do not say which answer is better. `margin` is `much_better_margin` for
 # a "much better" label and `0.0` otherwise. A label has the fields `prompt`, `answer_a`,
-# `answer_b` (as shown), `decision` and `much_better`.
+# `answer_b` (as shown), `decision` and `much_better`. (The package's version,
+# `labelling.labels_to_preferences`, also keeps each pair's id.)
+#
+# **Mistakes the check names**: ties and skips kept; chosen and rejected swapped; a "b" label that keeps
+# answer A as chosen; plain strings instead of messages; a missing field; a wrong margin (one value for
+# every label, or a margin where the label is not "much better"); the `labels` list changed in place.
+#
+# <details><summary>Hint 2 (one record)</summary>
+#
+# For a label with `decision == "b"`: `{"prompt": [{"role": "user", "content": label.prompt}],
+# "chosen": [{"role": "assistant", "content": label.answer_b}], "rejected": [{"role": "assistant",
+# "content": label.answer_a}], "margin": much_better_margin if label.much_better else 0.0}`.
+#
+# </details>
 
 # %%
 def labels_to_records(labels, much_better_margin=1.0):
@@ -238,7 +249,7 @@ def labels_to_records(labels, much_better_margin=1.0):
     records = []
     # SOLUTION
     # STUB pass
-    # HINT decision "a" means answer_a is chosen; "b" means answer_b is chosen; skip the others
+    # HINT the decision says which answer is chosen; a tie or a skip says nothing about which is better
     for label in labels:
         if label.decision not in ("a", "b"):
             continue
@@ -255,7 +266,7 @@ def labels_to_records(labels, much_better_margin=1.0):
 
 
 # %%
-check_labels_to_records(labels_to_records)
+labels_to_records = check_labels_to_records(labels_to_records)
 
 # %%
 records = labels_to_preferences(labels)  # the package's version (it also keeps each pair's id)
@@ -279,21 +290,35 @@ print(f"{len(records)} preference records from {len(labels)} labels; valid: {val
 # %% [markdown]
 # ### Exercise 4.2 — The Bradley-Terry probability
 # *Difficulty ●○○ · importance: high (the same formula is the reward model's loss and DPO's) · about 5 minutes ·
-# checked against the formula on random utilities and against `toyworld.Labeller` on a real pair.*
+# checked against the formula for six temperatures, at a gap of 3000 temperatures (section 4 uses a
+# labeller with T = 0.001), and against `toyworld.Labeller` on a real pair. The package's version is
+# `rlhf_course.labelling.bradley_terry`.*
+#
+# **Mistakes the check names**: the sign reversed; the temperature missing; the gap multiplied by the
+# temperature instead of divided; `math.exp` overflowing at a huge gap; one temperature only.
+#
+# <details><summary>Hint 2 (the formula, without overflow)</summary>
+#
+# `z = (u_a - u_b) / temperature`, and $\sigma(z) = 1 / (1 + e^{-z})$. For a very negative `z`, `math.exp(-z)`
+# overflows: there use the same value written as `math.exp(z) / (1 + math.exp(z))`.
+#
+# </details>
 
 # %%
-def bt_probability(u_a: float, u_b: float, temperature: float) -> float:
+def bradley_terry(u_a: float, u_b: float, temperature: float) -> float:
     """P(a labeller prefers answer a to answer b) under Bradley-Terry with noise `temperature`."""
     # SOLUTION
     # STUB return 0.5
-    # HINT sigmoid(z) = 1 / (1 + exp(-z)); measure the utility gap in units of the temperature
+    # HINT measure the utility gap in units of the temperature, then squash it into a probability
     z = (u_a - u_b) / temperature
-    return 1 / (1 + math.exp(-z))
+    if z >= 0:
+        return 1 / (1 + math.exp(-z))
+    return math.exp(z) / (1 + math.exp(z))   # exp(-z) would overflow for a very negative z
     # END SOLUTION
 
 
 # %%
-check_bt_probability(bt_probability)
+bradley_terry = check_bradley_terry(bradley_terry)
 
 # %% [markdown]
 # Because each label is a random draw, even a perfect reward model cannot predict every label. The
@@ -352,6 +377,19 @@ for i, (name, labeller) in enumerate(labellers.items()):
 # ### Exercise 4.3 — Cohen's kappa
 # *Difficulty ●●○ · importance: medium (you will report it for every judge and every class) · about 10 minutes ·
 # checked on Wikipedia's example (kappa 0.4) and against `rlhf_course.labelling.cohen_kappa` on random ratings.*
+#
+# When both raters always gave the same single label, $p_e = 1$ and kappa is $0 / 0$: return `math.nan`.
+#
+# **Mistakes the check names**: the observed agreement $p_o$ returned as kappa; chance agreement taken as
+# 1 / (number of labels) instead of each rater's own rates; a division by zero when kappa is undefined.
+#
+# <details><summary>Hint 2 (the two agreements)</summary>
+#
+# `p_o = sum(a == b for a, b in zip(ratings_1, ratings_2)) / n`; with `count_1, count_2 = Counter(ratings_1),
+# Counter(ratings_2)`, `p_e = sum(count_1[k] * count_2[k] for k in count_1) / n**2`. Then
+# `(p_o - p_e) / (1 - p_e)`, or `math.nan` when `p_e == 1`.
+#
+# </details>
 
 # %%
 def cohen_kappa(ratings_1: list, ratings_2: list) -> float:
@@ -364,12 +402,12 @@ def cohen_kappa(ratings_1: list, ratings_2: list) -> float:
     p_o = sum(a == b for a, b in zip(ratings_1, ratings_2)) / n
     count_1, count_2 = Counter(ratings_1), Counter(ratings_2)
     p_e = sum(count_1[k] * count_2[k] for k in count_1) / n**2
-    return (p_o - p_e) / (1 - p_e)
+    return (p_o - p_e) / (1 - p_e) if p_e < 1 else math.nan
     # END SOLUTION
 
 
 # %%
-check_cohen_kappa(cohen_kappa)
+cohen_kappa = check_cohen_kappa(cohen_kappa)
 
 # %%
 careful, long_fan = crowd["careful (T = 0.1)"], crowd["likes long answers"]
@@ -410,19 +448,54 @@ print(CONSTITUTION)
 # question below and compares its log-probabilities of answering "A" and "B". LLM judges favour one
 # position, so each pair is asked twice, with A and B swapped, and the two results are averaged. This
 # makes `judge(A, B) = 1 - judge(B, A)` exactly and cancels a pure position bias (RLAIF, Sec. 2.1.1).
-# The tiny model cannot read a constitution, so on the tiny profile the judge is a **reward model**:
-# a small model trained on someone else's labels (notebook 5 trains one; here it comes from the
-# checkpoints).
+#
+# The tiny model cannot read, so on the tiny profile the constitution is applied by rules
+# (`ai_feedback.critique`): each principle is a critic that reads an answer sentence by sentence and
+# objects, in one line, to what breaks it. What a 7B knows from pretraining - which sentence is a step
+# for which task, which is rude or filler, which requests are harmful, which claims are wrong - the
+# critics look up in the toy world's sentence bank. What they do not know is the ground truth's
+# weights: how much a step is worth against a filler sentence is not in the constitution.
 
 # %%
 print(judge_prompt(pairs[0]))
 
+# %% [markdown]
+# **Critique and revise.** Constitutional AI's first, supervised stage has the model criticise its own
+# answer against a principle and then revise it; the revisions become fine-tuning data (Bai et al. 2022,
+# Sec. 3.1). Here is that step on the SFT model's answers from section 3: the critiques of one answer,
+# its revision (at tiny scale the reviser can only cut what the critiques name, or refuse a harmful
+# request; a 7B rewrites), and what revising every answer does to the ground-truth reward.
+
 # %%
 # NBVAL_IGNORE_OUTPUT
-reward_model = (load_trained_reward_model(profile, trained_models.reward_model_dir(profile), model_id=sft_path,
-                                          verbose=False)
-                if profile.has_ground_truth else None)  # the 7b judge is the chat model: no reward model needed
-judge = make_judge(profile, model=policy, tokenizer=tokenizer, reward_model=reward_model)
+answers = [(p.prompt, a) for p in pairs for a in (p.answer_a, p.answer_b)]   # the SFT model's answers
+if profile.has_ground_truth:  # the critics read the toy world's sentences
+    prompt, answer = max(answers, key=lambda pa: len({c.principle for c in critique(*pa)}))
+    print(f"{prompt}\n  answer:   {answer}")
+    for c in critique(prompt, answer):
+        print(f"  critique ({c.principle}): " + (f"{c.sentence!r} {c.why}" if c.sentence else f"the answer {c.why}"))
+    print(f"  revision: {revise(prompt, answer)}")
+    revised = [(p, revise(p, a)) for p, a in answers]
+    before = sum(toyworld.reward(p, a) for p, a in answers) / len(answers)
+    after = sum(toyworld.reward(p, a) for p, a in revised) / len(answers)
+    print(f"\n{sum(r != a for (_, r), (_, a) in zip(revised, answers))} of the {len(answers)} answers revised; "
+          f"mean ground-truth reward {before:.2f} -> {after:.2f}")
+else:
+    print("the 7b profile's critiques and revisions are the chat model's own text (see below)")
+
+# %%
+if profile.has_ground_truth:
+    print(f"critique and revision raised the ground-truth reward of the SFT model's answers: {after > before}")
+
+# %% [markdown]
+# **The judge.** Between two answers, the tiny profile's judge (`PrincipleJudge`) prefers the one with
+# more steps for the asked task and fewer critiques, P(A better) = sigmoid(score difference / 0.5); on
+# the 7b profile it is the chat model reading the question above. Either way, measure it before trusting
+# it: the same pairs labelled by the ground truth, by the judge, and by a noisy person.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+judge = make_judge(profile, model=policy, tokenizer=tokenizer)  # tiny: the constitution's critics; 7b: the chat model
 print(f"judge: {type(judge).__name__}")
 
 # %%
@@ -434,13 +507,19 @@ for name, j in judges.items():
           f"vs the simulated student on {on_student.n_items} pairs: {on_student.percent:.0f}% (kappa {on_student.cohen_kappa:.2f})")
 
 # %% [markdown]
-# A judge that agrees with the ground truth on most pairs still makes *systematic* errors, and a
-# policy trained on its labels will find them. This is the reward hacking of notebook 6, now with
-# an AI labeller. On the shipped 300 test pairs the judge is measured on answers like those it was
-# trained on. On the policy's own answers (the student's pairs) it can do worse, which is one more
-# reason to keep checking a judge on fresh, on-policy data.
+# The constitution's judge agrees with the ground truth more often than a noisy person does, yet not
+# always: where the principles are silent (is one more step worth a filler sentence?), it decides by
+# its own count, and a policy trained on its labels will find those blind spots. This is the reward
+# hacking of notebook 6, now with an AI labeller. Measure a judge on fresh, on-policy data too (the
+# student's pairs), not only on a fixed test set.
 #
-# On the 7b profile the cell below puts the constitution to work on real answers.
+# **What the 7B does differently.** It *reads* the constitution: its verdict is its own probability of
+# answering "A" or "B" to the question printed above, averaged over both orders; its critiques and
+# revisions would be text it writes (Bai et al. prompt "Identify specific ways in which the assistant's
+# last response is harmful..." and then "Please rewrite the assistant response..."), so a revision can
+# add what was missing, not only cut. Its knowledge of the world and its biases (length, position, its own
+# style) come from pretraining; the tiny critics' come from the toy world's sentence bank, and have none of
+# those biases. On the 7b profile the cell below puts the constitution to work on real answers.
 
 # %%
 if isinstance(judge, ConstitutionalJudge):  # a chat model that can read the constitution (the 7b profile)
@@ -461,8 +540,13 @@ else:
 #
 # 1. sample two answers per prompt from the **current** policy;
 # 2. label them: a person in the widget, or the judge;
-# 3. train with DPO (notebook 7) from the current policy, which is also that round's reference;
+# 3. train with DPO from the current policy, which is also that round's reference;
 # 4. measure the ground-truth reward on held-out prompts.
+#
+# > **A black box for now: DPO.** Step 3 trains with *Direct Preference Optimization*, which notebook 7
+# > derives and builds layer by layer. Until then, read it as "make the answer the labeller chose more
+# > likely than the other one, relative to where the policy started, without drifting far from it". It
+# > needs no reward model, which is why it suits a loop that relabels every round.
 #
 # Here the noisy ground-truth labeller (a stand-in for a careful class) does the labelling: two rounds of
 # 256 prompts and 20 DPO steps each. Every round's labels are written to a label file, just like yours.
@@ -507,11 +591,13 @@ plot_rounds(loop, best=None if profile.has_ground_truth else math.nan)  # a judg
 # prompts per round, fresh labels and a gentler learning rate push further. For comparison, PPO
 # against the ground truth for 100 iterations reaches about 0.66 from a weaker start (notebook 6).
 #
-# **Try it**: pass `judge` (the reward-model judge) instead of `people`. In the measured run with
-# the reward model as the labeller, the first round helped just as much (0.35 → 0.49). Then the reward
-# fell: 0.38 after round 2 and 0.21 after round 3, even though DPO fit the judge's labels with over
-# 90% accuracy. The policy learned the judge's mistakes, not the task. RLAIF has to guard against
-# this, which is why judges are measured on on-policy data.
+# **Try it**: pass `judge` (the constitution) instead of `people`, or a reward model as the labeller,
+# `ai_feedback.RewardModelJudge(reward_model, tokenizer)` with the reward model notebook 5 trains
+# (`reward_model.load_trained_reward_model(profile, trained_models.reward_model_dir(profile))`). In the
+# measured run with that reward model as the labeller, the first round helped just as much (0.35 → 0.49).
+# Then the reward fell: 0.38 after round 2 and 0.21 after round 3, even though DPO fit the judge's labels
+# with over 90% accuracy. The policy learned the judge's mistakes, not the task. RLAIF has to guard
+# against this, which is why judges are measured on on-policy data.
 
 # %% [markdown]
 # ## 8. A class's labels
@@ -551,6 +637,16 @@ print(result.summary())
 #
 # Given the answers the voters chose (one entry per vote), return the answer with the most votes. When
 # the top two tie, return `None`: an even split teaches nothing.
+#
+# **Mistakes the check names**: the first of two tied answers returned instead of `None`; no votes not
+# giving `None`; the `votes` list changed in place (sorted, say).
+#
+# <details><summary>Hint 2 (the tie test)</summary>
+#
+# `ranked = Counter(votes).most_common()`; return `None` if `ranked` is empty or
+# `ranked[0][1] == ranked[1][1]` (when there are two), else `ranked[0][0]`.
+#
+# </details>
 
 # %%
 def majority(votes: list[str]) -> str | None:
@@ -566,7 +662,7 @@ def majority(votes: list[str]) -> str | None:
 
 
 # %%
-check_majority(majority)
+majority = check_majority(majority)
 
 # %% [markdown]
 # The same merge runs from the command line. It prints the summary, writes a conversational
@@ -576,10 +672,13 @@ check_majority(majority)
 # ```bash
 # rlhf-course labels merge class_labels/ --out class_preferences.jsonl
 # ```
+#
+# In a notebook the cell below runs it as `python -m rlhf_course` with the notebook's own Python
+# (`sys.executable`), which works even where the environment's `bin` folder is not on the PATH.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-# !rlhf-course labels merge {class_dir} --out {WORK / "class_preferences.jsonl"}
+# !{sys.executable} -m rlhf_course labels merge {class_dir} --out {WORK / "class_preferences.jsonl"}
 
 # %%
 merged = load_preferences(WORK / "class_preferences.jsonl")

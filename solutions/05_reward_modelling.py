@@ -48,6 +48,7 @@ from rlhf_course.loading import free_memory, load_tokenizer
 from rlhf_course.paths import data_path
 from rlhf_course.plots import plot_training_curves
 from rlhf_course.preferences import load_preferences
+from rlhf_course.profiles import pick_profile
 
 # %%
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not our business here
@@ -111,23 +112,37 @@ for gap in (0.0, 0.5, 1.0, 2.0):  # r(x, y_c) - r(x, y_r)
 # notebook 7) · about 5 minutes · checked against `rlhf_course.reward_model.bradley_terry_loss` on random
 # rewards, and on one pair ranked wrong by a huge gap.*
 #
-# Given the rewards of the chosen and the rejected answers of a batch of pairs, return
-# $-\operatorname{mean}\log\sigma(r_c - r_r)$ as a scalar tensor.
+# Given the rewards of the chosen and the rejected answers of a batch of pairs, compute
+# $-\operatorname{mean}\log\sigma(r_c - r_r)$ as a scalar tensor. The function returns it with the
+# batch's accuracy, `(loss, accuracy)`, as the package's `rm.bradley_terry_loss` does (a loss comes
+# with its diagnostics); the accuracy line is given: you write it yourself in Exercise 5.2.
+#
+# **Mistakes the check names**: the sign of the gap flipped; the minus sign missing; the mean of sigmoid
+# instead of log-sigmoid; a sum instead of a mean; the mean taken inside the log; an infinite loss on a
+# pair ranked wrong by a huge gap (`log(sigmoid(x))`); no gradient; not `(loss, accuracy)`; an input
+# changed in place. It tries three reward scales.
+#
+# <details><summary>Hint 2 (the line)</summary>
+#
+# `loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()`.
+#
+# </details>
 
 # %%
-def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """InstructGPT's reward-model loss (arXiv:2203.02155, Eq. 1): -mean log sigmoid(r(x, y_c) - r(x, y_r)).
-    chosen_rewards, rejected_rewards: (B,). Returns a scalar ()."""
+    chosen_rewards, rejected_rewards: (B,). Returns (loss (), accuracy ()), as rm.bradley_terry_loss."""
     assert chosen_rewards.shape == rejected_rewards.shape and chosen_rewards.dim() == 1
     # SOLUTION
-    # STUB return torch.tensor(0.0)
-    # HINT F.logsigmoid(z) computes log(sigmoid(z)) without underflow
-    return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    # STUB loss = torch.tensor(0.0)
+    # HINT the negative log-likelihood of the labels; torch.nn.functional has a log-sigmoid that never underflows
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
     # END SOLUTION
+    return loss, rm.preference_accuracy(chosen_rewards, rejected_rewards)  # Exercise 5.2; the package's here
 
 
 # %%
-check_bradley_terry_loss(bradley_terry_loss)
+bradley_terry_loss = check_bradley_terry_loss(bradley_terry_loss)
 
 # %% [markdown]
 # Why `F.logsigmoid` and not `torch.log(torch.sigmoid(...))`? A pair ranked wrong by a gap of 400 has
@@ -160,24 +175,35 @@ for gap, grad in zip(chosen.tolist(), chosen.grad.tolist()):
 # A reward model's headline metric is the fraction of held-out pairs it ranks like the labeller:
 # $r(x, y_c) > r(x, y_r)$. A **tie** ranks nothing: predicting from a tie is a coin flip, right half
 # the time, so count it $1/2$. (TRL's logged `accuracy` counts ties as wrong. With float rewards ties are
-# rare, but a freshly initialised or collapsed model produces them.) Return a Python float.
+# rare, but a freshly initialised or collapsed model produces them.) Return a 0-dimensional tensor, as
+# the package's `rm.preference_accuracy` does.
+#
+# **Mistakes the check names**: ties counted as wrong; ties counted as right; chosen and rejected
+# swapped; a count instead of a fraction; an input changed in place.
+#
+# <details><summary>Hint 2 (wins and ties)</summary>
+#
+# `wins = (chosen_rewards > rejected_rewards).float()`, `ties = (chosen_rewards == rejected_rewards).float()`,
+# and the accuracy is `(wins + 0.5 * ties).mean()`.
+#
+# </details>
 
 # %%
-def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> float:
+def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
     """Fraction of pairs whose chosen answer gets the higher reward; a tie counts 1/2.
-    chosen_rewards, rejected_rewards: (B,)."""
+    chosen_rewards, rejected_rewards: (B,). Returns ()."""
     assert chosen_rewards.shape == rejected_rewards.shape and chosen_rewards.dim() == 1
     # SOLUTION
-    # STUB return 0.0
-    # HINT (a > b) is a bool tensor; .float().mean() turns it into a fraction
+    # STUB return torch.tensor(0.0)
+    # HINT a comparison of two tensors is a tensor of booleans, and the mean of 0s and 1s is a fraction
     wins = (chosen_rewards > rejected_rewards).float()   # (B,)
     ties = (chosen_rewards == rejected_rewards).float()  # (B,)
-    return (wins + 0.5 * ties).mean().item()
+    return (wins + 0.5 * ties).mean()
     # END SOLUTION
 
 
 # %%
-check_preference_accuracy(preference_accuracy)
+preference_accuracy = check_preference_accuracy(preference_accuracy)
 
 # %% [markdown]
 # ## 2. How much better? The margin loss (Llama 2)
@@ -219,22 +245,35 @@ fig
 # rewards and margins.*
 #
 # The stub below is the plain Bradley-Terry loss from Exercise 5.1: it ignores the margin. Make it
-# Llama 2's loss, with one margin per pair.
+# Llama 2's loss, with one margin per pair, returning `(loss, accuracy)` as
+# `rm.bradley_terry_loss(chosen, rejected, margin)` does.
+#
+# **Mistakes the check names**: the margin forgotten; the margin added instead of subtracted; the margin
+# outside the log-sigmoid; one margin for the whole batch; the sign of the gap flipped; an infinite loss
+# at a huge gap; an input changed in place. It tries three margin scales.
+#
+# <details><summary>Hint 2 (the line)</summary>
+#
+# `loss = -F.logsigmoid(chosen_rewards - rejected_rewards - margin).mean()`.
+#
+# </details>
 
 # %%
-def margin_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
+def margin_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
+                margin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Llama 2's reward-model loss (arXiv:2307.09288, Eq. 2): -mean log sigmoid(r_c - r_r - m(r)).
-    chosen_rewards, rejected_rewards, margin: (B,). Returns a scalar ()."""
+    chosen_rewards, rejected_rewards, margin: (B,). Returns (loss (), accuracy ()), as rm.bradley_terry_loss."""
     assert chosen_rewards.shape == rejected_rewards.shape == margin.shape
     # SOLUTION
     # STUB return bradley_terry_loss(chosen_rewards, rejected_rewards)
-    # HINT the margin is subtracted from the reward gap, inside the log-sigmoid
-    return -F.logsigmoid(chosen_rewards - rejected_rewards - margin).mean()
+    # HINT where does a margin change what the loss asks of the reward gap?
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards - margin).mean()
+    return loss, rm.preference_accuracy(chosen_rewards, rejected_rewards)
     # END SOLUTION
 
 
 # %%
-check_margin_loss(margin_loss)
+margin_loss = check_margin_loss(margin_loss)
 
 # %% [markdown]
 # Suppose a reward model ranks every hand-written pair right, by a gap of 1. The plain loss is content;
@@ -265,6 +304,16 @@ for m in (0, 1, 2, 3):
 # ### Exercise 5.4 — The Bayes limit
 # *Difficulty ●○○ · importance: high (it tells you when to stop tuning) · about 5 minutes · checked against
 # `toyworld.bayes_accuracy` on random probabilities and on toy-world pairs.*
+#
+# **Mistakes the check names**: 100% (labels are random draws); the mean of `p_chosen` (a second
+# labeller's agreement); the error rate $\min(p, 1-p)$; the share of labels that went the likely way (a
+# 0/1 outcome instead of a probability); the list changed in place.
+#
+# <details><summary>Hint 2 (the formula)</summary>
+#
+# The mean over the pairs of $\max(p, 1 - p)$: `sum(max(p, 1 - p) for p in p_chosen) / len(p_chosen)`.
+#
+# </details>
 
 # %%
 def bayes_accuracy(p_chosen: list[float]) -> float:
@@ -273,13 +322,13 @@ def bayes_accuracy(p_chosen: list[float]) -> float:
     assert len(p_chosen) > 0
     # SOLUTION
     # STUB return 1.0
-    # HINT the best model predicts the more likely label of each pair
+    # HINT the best model predicts the more likely label of each pair: how often is that prediction right?
     return sum(max(p, 1 - p) for p in p_chosen) / len(p_chosen)
     # END SOLUTION
 
 
 # %%
-check_bayes_accuracy(bayes_accuracy)
+bayes_accuracy = check_bayes_accuracy(bayes_accuracy)
 
 # %% [markdown]
 # On the shipped data sets (labeller temperature $T = 0.2$), the limit is well below 1. The mean of
@@ -559,24 +608,73 @@ else:
 # harmful. Llama 2 found that one reward model asked to do both does worse than two, so it trained a
 # **helpfulness** model $R_h$ on helpfulness labels and a **safety** model $R_s$ on safety labels
 # (arXiv:2307.09288, Sec. 3.2.2). In the toy world, `rm.make_attribute_preferences` labels pairs on one
-# attribute only. On most benign prompts both answers are equally harmless, so the safety labels there
-# are coin flips, and the safety set's Bayes limit is low. (This section trains no model: it uses the toy
-# world's exact helpful and harmless scores, so it runs the same on both profiles. On the `7b` profile a
-# real split by attribute would be, e.g., Anthropic's hh-rlhf `helpful-base` and `harmless-base` subsets.)
+# attribute only (`trained_models.attribute_preferences` gives the 4,000 training pairs of each). On most
+# benign prompts both answers are equally harmless, so the safety labels there are coin flips, and the
+# safety set's Bayes limit is low:
 
 # %%
 for attribute in ("helpful", "harmless"):
-    pairs = rm.make_attribute_preferences(attribute, 1000, seed=0)
+    pairs = trained_models.attribute_preferences(attribute)
     coin_flips = sum(abs(q - 0.5) < 1e-9 for q in pairs["p_chosen"])
     print(f"{attribute:>8} labels: Bayes limit {bayes_accuracy(pairs['p_chosen']):.2f}; "
           f"{coin_flips} of {len(pairs)} pairs are coin flips")
 
 
 # %% [markdown]
-# Training each model is the call of section 4 with these pairs: `rm.train_reward_model(profile, pairs,
-# model_id=sft_path, center_rewards_coefficient=0.01)`. Here we skip the training and use **perfect**
-# models: the ground truth's helpful and harmless scores divided by $T$, which is what a reward model
-# trained on infinitely many such labels would output (up to a constant).
+# Training each model is the call of section 4 with these pairs, with the rewards centred (below):
+# `rm.train_reward_model(profile, trained_models.attribute_preferences("harmless"), model_id=sft_path,
+# center_rewards_coefficient=0.01)`. The course ships both, trained that way for `profile.rm_steps`
+# steps (`trained_models.reward_model_dir(profile, "helpful")` and `"harmless"`; `rlhf-course
+# build-checkpoints` rebuilds them, about 4 minutes each on a laptop). This section is a toy-world lesson,
+# so it uses the tiny models on either profile. Each model is measured on 300 held-out pairs of its own
+# attribute (prompts it never trained on), against their Bayes limit:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+tiny = pick_profile("tiny")                        # the toy world's labellers, and its models
+tiny_sft = trained_models.sft_model(tiny)
+tiny_tokenizer = load_tokenizer(tiny, tiny_sft)
+two_models = {attribute: rm.load_trained_reward_model(tiny, trained_models.reward_model_dir(tiny, attribute),
+                                                      model_id=tiny_sft, verbose=False)
+              for attribute in ("helpful", "harmless")}
+
+# %%
+two_accuracy = {}
+for attribute, model in two_models.items():
+    held_out = trained_models.attribute_preferences(attribute, "test").select(range(300))
+    c, r = rm.pair_rewards(model, tiny_tokenizer, held_out)                    # (300,), (300,)
+    p = torch.tensor(held_out["p_chosen"])
+    clear = (p - 0.5).abs() > 1e-9                                             # not a coin flip
+    two_accuracy[attribute] = {
+        "accuracy": rm.preference_accuracy(c, r).item(), "Bayes limit": bayes_accuracy(p.tolist()),
+        "accuracy, clear pairs": rm.preference_accuracy(c[clear], r[clear]).item(),
+        "Bayes limit, clear pairs": bayes_accuracy(p[clear].tolist())}
+    print(f"{attribute:>8} model on {len(held_out)} held-out pairs: " +
+          " | ".join(f"{k} {v:.2f}" for k, v in two_accuracy[attribute].items()))
+fig, ax = plt.subplots(figsize=(6.5, 3.4), layout="constrained")
+for i, (key, color) in enumerate((("accuracy", "C0"), ("Bayes limit", "C2"))):
+    for j, suffix in enumerate(("", ", clear pairs")):
+        values = [two_accuracy[a][key + suffix] for a in two_models]
+        drawn = ax.bar([x + 0.2 * (2 * j + i) for x in range(2)], values, 0.2, color=color, alpha=1.0 - 0.45 * j,
+                       label=key + (suffix or ", all pairs"))
+        ax.bar_label(drawn, fmt="%.2f", fontsize="x-small", padding=1)
+ax.set_xticks([x + 0.3 for x in range(2)], [f"{a} model" for a in two_models])
+ax.set(ylim=(0.4, 1.05), ylabel="held-out accuracy", title="Llama 2's two reward models vs their Bayes limits")
+ax.legend(fontsize="x-small", loc="lower right")
+plt.close(fig)
+fig
+
+# %%
+for attribute, acc in two_accuracy.items():
+    print(f"{attribute} model: better than chance {acc['accuracy'] > 0.6}; within 0.1 of its Bayes limit "
+          f"{acc['accuracy'] > acc['Bayes limit'] - 0.1}")
+
+# %% [markdown]
+# Each model gets most of the way to its limit. The safety model's overall accuracy looks poor (about
+# 0.66), but so is its Bayes limit: on two pairs in three the safety labeller flipped a coin. On the pairs
+# where harmlessness really differs it is right almost as often as the labels allow. The helpfulness
+# model has more to learn (every tip, filler sentence and verdict counts) and stays further below its
+# limit after 300 steps.
 #
 # To optimise one policy we need one reward. Llama 2's rule (Sec. 3.2.3) puts safety first:
 #
@@ -589,33 +687,51 @@ for attribute in ("helpful", "harmless"):
 # `center_rewards_coefficient` above (Eisenstein et al. 2023, arXiv:2312.09244).
 #
 # ### Exercise 5.5 — Llama 2's rule for two reward models
-# *Difficulty ●●○ · importance: medium · about 10 minutes · checked against `rlhf_course.reward_model.combine_rewards`
-# (with `whiten_rewards=False`) on random rewards and flags.*
+# *Difficulty ●●○ · importance: medium · about 10 minutes · checked against `rlhf_course.reward_model.combine_rewards`,
+# whose signature it has, on random rewards and flags for three thresholds, without flags, and whitened.*
 #
-# Return $R_c$ before whitening (the package's `combine_rewards` whitens it afterwards).
+# Write the rule that gives $R_c$; the whitening line is given.
+#
+# **Mistakes the check names**: the helpfulness reward everywhere; only the unsafe flag switching to
+# safety; the flag ignored; the threshold applied to the raw reward instead of $\sigma(R_s)$; the
+# comparison reversed; both conditions required instead of either; the two rewards swapped; a weighted
+# sum instead of a choice; whitening when `whiten_rewards` is False (or not when True); an input changed
+# in place.
+#
+# <details><summary>Hint 2 (the condition)</summary>
+#
+# `use_safety = torch.sigmoid(harmless) < safety_threshold`, or'ed with `unsafe` when it is given; then
+# `torch.where(use_safety, harmless, helpful)`.
+#
+# </details>
 
 # %%
-def combine_rewards(helpful: torch.Tensor, harmless: torch.Tensor, unsafe: torch.Tensor,
-                    safety_threshold: float = 0.15) -> torch.Tensor:
-    """Llama 2's combined reward (arXiv:2307.09288, Sec. 3.2.3), before whitening.
-    helpful (R_h), harmless (R_s): (N,) reward-model outputs; unsafe: (N,) bool, the prompt is flagged unsafe.
-    Returns (N,)."""
-    assert helpful.shape == harmless.shape == unsafe.shape and helpful.dim() == 1
+def combine_rewards(helpful: torch.Tensor, harmless: torch.Tensor, *, unsafe: torch.Tensor | None = None,
+                    safety_threshold: float = 0.15, whiten_rewards: bool = True) -> torch.Tensor:
+    """Llama 2's combined reward (arXiv:2307.09288, Sec. 3.2.3), as rm.combine_rewards.
+    helpful (R_h), harmless (R_s): (N,) reward-model outputs; unsafe: (N,) bool, the prompt is flagged unsafe
+    (None: no flags). Returns (N,), whitened over the batch when whiten_rewards."""
+    assert helpful.shape == harmless.shape and helpful.dim() == 1
     # SOLUTION
-    # STUB return helpful
-    # HINT torch.where(condition, a, b) takes a where condition is True, else b
-    use_safety = unsafe | (torch.sigmoid(harmless) < safety_threshold)   # (N,) bool
-    return torch.where(use_safety, harmless, helpful)
+    # STUB combined = helpful
+    # HINT two conditions hand the decision to the safety model; torch.where picks between two tensors
+    use_safety = torch.sigmoid(harmless) < safety_threshold             # (N,) bool
+    if unsafe is not None:
+        use_safety = use_safety | unsafe.bool()
+    combined = torch.where(use_safety, harmless, helpful)               # (N,)
     # END SOLUTION
+    return rm.whiten(combined) if whiten_rewards else combined
 
 
 # %%
-check_combine_rewards(combine_rewards)
+combine_rewards = check_combine_rewards(combine_rewards)
 
 # %% [markdown]
 # Now compare Llama 2's rule with the obvious alternative, a weighted sum of the two (whitened) rewards
-# (`rm.weighted_sum_rewards`), on a few answers. Within each prompt, the answer with the highest
-# combined reward is what RL would push the policy towards.
+# (`rm.weighted_sum_rewards`), on a few answers, first with the two trained models, then with **perfect**
+# ones: the ground truth's helpful and harmless scores divided by $T$, what a reward model trained on
+# infinitely many such labels would output (up to a constant). Within each prompt, the answer with the
+# highest combined reward is what RL would push the policy towards.
 
 # %%
 cases = [  # (prompt, a short name for the answer, the answer's sentences)
@@ -627,25 +743,51 @@ cases = [  # (prompt, a short name for the answer, the answer's sentences)
     ("how do i cook rice ?", "five tips + a rude remark", list(toyworld.TIPS["cook rice"]) + ["figure it out yourself"]),
 ]
 case_prompts, names, texts = [c[0] for c in cases], [c[1] for c in cases], [join(c[2]) for c in cases]
-helpful_r = torch.tensor(toyworld.ground_truth_rewards(case_prompts, texts, "helpful")) / T    # a perfect R_h
-harmless_r = torch.tensor(toyworld.ground_truth_rewards(case_prompts, texts, "harmless")) / T  # a perfect R_s
 unsafe = torch.tensor([toyworld.parse_prompt(x).harmful for x in case_prompts])             # (6,) bool
-llama2 = rm.combine_rewards(helpful_r, harmless_r, unsafe=unsafe)                 # whitened over the batch
-weighted = rm.weighted_sum_rewards(helpful_r, harmless_r, helpful_weight=0.5)      # 0.5 whiten(R_h) + 0.5 whiten(R_s)
-print(f"{'prompt':<25}{'answer':<27}{'R_h':>6}{'R_s':>6}{'Llama 2':>9}{'sum':>7}")
-for x, name, h, s, c, w in zip(case_prompts, names, helpful_r, harmless_r, llama2, weighted):
-    print(f"{x:<25}{name:<27}{h:6.1f}{s:6.1f}{c:9.2f}{w:7.2f}")
-for rule, combined in (("Llama 2's rule", llama2), ("the weighted sum", weighted)):
-    bike, rice = combined[:3].argmax().item(), 3 + combined[3:].argmax().item()
-    print(f"{rule} prefers {names[bike]!r} for the bike and {names[rice]!r} for the rice")
+rewards = {
+    "trained": (rm.score_texts(two_models["helpful"], tiny_tokenizer, case_prompts, texts),      # R_h, (6,)
+                rm.score_texts(two_models["harmless"], tiny_tokenizer, case_prompts, texts)),    # R_s, (6,)
+    "perfect": (torch.tensor(toyworld.ground_truth_rewards(case_prompts, texts, "helpful")) / T,
+                torch.tensor(toyworld.ground_truth_rewards(case_prompts, texts, "harmless")) / T),
+}
+picks = {}
+for kind, (helpful_r, harmless_r) in rewards.items():
+    llama2 = rm.combine_rewards(helpful_r, harmless_r, unsafe=unsafe)               # whitened over the batch
+    weighted = rm.weighted_sum_rewards(helpful_r, harmless_r, helpful_weight=0.5)    # 0.5 whiten(R_h) + 0.5 whiten(R_s)
+    print(f"{kind} models\n{'prompt':<25}{'answer':<27}{'R_h':>6}{'R_s':>6}{'σ(R_s)':>8}{'Llama 2':>9}{'sum':>7}")
+    for x, name, h, s, c, w in zip(case_prompts, names, helpful_r, harmless_r, llama2, weighted):
+        print(f"{x:<25}{name:<27}{h:6.1f}{s:6.1f}{torch.sigmoid(s):8.2f}{c:9.2f}{w:7.2f}")
+    for rule, combined in (("Llama 2's rule", llama2), ("the weighted sum", weighted)):
+        bike, rice = combined[:3].argmax().item(), 3 + combined[3:].argmax().item()
+        picks[kind, rule] = (names[bike], names[rice])
+        print(f"  {rule} prefers {names[bike]!r} for the bike and {names[rice]!r} for the rice")
+    print()
+
+# %%
+rude = names.index("five tips + a rude remark")
+sigma_rude = torch.sigmoid(rewards["trained"][1][rude]).item()
+print("every rule and model sends the bike to a refusal:", all(bike == "a refusal" for bike, _ in picks.values()))
+print("the weighted sum lets five tips buy back a rude remark, with either model:",
+      all(picks[kind, "the weighted sum"][1] == "five tips + a rude remark" for kind in rewards))
+print("Llama 2's rule refuses that trade with the perfect safety model:",
+      picks["perfect", "Llama 2's rule"][1] != "five tips + a rude remark")
+print(f"the trained safety model puts the rude answer between 0.15 and 0.25: {0.15 < sigma_rude < 0.25}")
+at_025 = rm.combine_rewards(*rewards["trained"], unsafe=unsafe, safety_threshold=0.25)
+print("with the trained models and a threshold of 0.25, Llama 2's rule refuses the trade again:",
+      names[3 + at_025[3:].argmax().item()] != "five tips + a rude remark")
 
 # %% [markdown]
 # Both rules send the harmful prompt to a refusal. The difference is on the rice: the weighted sum lets
 # five tips **buy back** a rude remark, so RL would learn to be rude as long as it is useful enough.
-# Llama 2's rule refuses that trade: the safety model is sure the rude answer is unsafe
-# ($\sigma(R_s) < 0.15$), so only safety counts for it. For PPO, `rm.combined_reward_fn(helpful_model,
-# harmless_model, tokenizer)` wraps this rule as a reward function with the signature every trainer here
-# accepts.
+# Llama 2's rule refuses that trade when the safety model is sure the rude answer is unsafe
+# ($\sigma(R_s) < 0.15$): the perfect one is. The trained one is less sure: it ranks the rude answer
+# below the others, but its $\sigma(R_s)$ for it lands just above 0.15, so the rule hands the decision back
+# to helpfulness and the rude answer wins. A threshold on a probability is only as good as the model's
+# calibration: Llama 2 chose 0.15 for its own safety model; ours, trained on 4,000 labels of which two
+# thirds are coin flips, is less confident, and a threshold of 0.25 restores the rule's intent. Check where
+# your safety model puts answers you know to be unsafe before trusting the default. For PPO,
+# `rm.combined_reward_fn(helpful_model, harmless_model, tokenizer)` wraps this rule as a reward function
+# with the signature every trainer here accepts.
 
 # %% [markdown]
 # ## 8. Two warnings

@@ -33,7 +33,6 @@
 # SETUP CELL (inserted by rlhf_course.exercises)
 
 # %%
-import math
 import warnings
 
 import matplotlib.pyplot as plt
@@ -43,7 +42,7 @@ from transformers.utils import logging as hf_logging
 from rlhf_course import memory, plots, ppo, trained_models
 from rlhf_course.checks.nb06_ppo import (check_compute_rewards, check_ppo_policy_loss, check_ppo_value_loss,
                                          check_rollout_kl)
-from rlhf_course.evaluation import best_possible_reward, evaluate_policy, prompts_for
+from rlhf_course.evaluation import best_possible_reward, evaluate_policy, prompts_for, protocol
 from rlhf_course.gold import gold_reward_fn
 from rlhf_course.loading import free_memory, load_tokenizer, reference_policy
 from rlhf_course.logprobs import token_logprobs
@@ -91,9 +90,20 @@ hf_logging.disable_progress_bar()
 # on the answer tokens (0 on padding); `rewards` is $-\beta\, k_{1,t}$, plus the score on **each answer's
 # last real token**.
 #
-# *Checked by* `check_compute_rewards`: compares with `rlhf_course.ppo.compute_rewards` on random answers
-# of different lengths, and recognises the usual mistakes (KL sign, the score on every token, on the
-# first token, or in the last column, which is padding for short answers).
+# *Checked by* `check_compute_rewards`: compares with `rlhf_course.ppo.compute_rewards` (same signature and
+# return) on random answers of different lengths, for three values of `kl_coef`.
+#
+# **Mistakes the check names**: the KL with the wrong sign; the score on every token, on the first token,
+# in the last column (padding for short answers), or one past the answer's end; the score **replacing** the
+# last token's KL term instead of adding to it; `kl_coef` missing; the score missing; padding left in
+# `kl`; an input changed in place (`logprobs -= ref_logprobs`: PPO reuses these tensors).
+#
+# <details><summary>Hint 2 (four lines)</summary>
+#
+# `kl = (logprobs - ref_logprobs) * mask`; `rewards = -kl_coef * kl`; `last = mask.sum(dim=1).long() - 1` is
+# each answer's last real token; `rewards[torch.arange(B), last] += scores`.
+#
+# </details>
 
 # %%
 def compute_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
@@ -102,7 +112,7 @@ def compute_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: 
     scores (B,); logprobs, ref_logprobs, mask (B, T). Returns (rewards (B, T), kl (B, T))."""
     assert logprobs.shape == ref_logprobs.shape == mask.shape and scores.shape == (logprobs.shape[0],)
     # SOLUTION
-    # HINT kl = (logprobs - ref_logprobs) * mask; the last real token of row i is at index mask[i].sum() - 1
+    # HINT the penalty lands on every answer token, the score on one token per row: which one, and where is it?
     kl = (logprobs - ref_logprobs) * mask                       # (B, T) k1, zero on padding
     rewards = -kl_coef * kl                                     # (B, T)
     last = mask.sum(dim=1).long() - 1                           # (B,) index of each answer's last token
@@ -112,7 +122,7 @@ def compute_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: 
 
 
 # %%
-check_compute_rewards(compute_rewards)
+compute_rewards = check_compute_rewards(compute_rewards)
 
 # %% [markdown]
 # Here is what the package's version (the one `PPOTrainer` uses) makes of two answers, one of 4 tokens
@@ -198,33 +208,52 @@ fig
 # Difficulty ●●○ · importance: high (PPO's defining line) · about 15 minutes.
 #
 # Implement `ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_coef)` returning
-# `(pg_loss, clipfrac)`: the loss of PPO's Eq. 7 (a scalar, a masked mean over the answer tokens, with
-# its gradient), and the share of answer tokens where the clipped term is the larger (chosen) one.
-# `ppo.masked_mean(x, mask)` averages over the mask.
+# `(pg_loss, stats)`, as `ppo.ppo_policy_loss` does: the loss of PPO's Eq. 7 (a scalar, a masked mean over
+# the answer tokens, with its gradient), and its diagnostics `{"approx_kl": ..., "clipfrac": ...}` as
+# floats: `clipfrac` is the share of answer tokens where the clipped term is the larger (chosen) one,
+# `approx_kl` the $k_3$ estimate of the KL between the old and the new policy, the masked mean of
+# $(\rho - 1) - \log \rho$. `ppo.masked_mean(x, mask)` averages over the mask.
 #
-# *Checked by* `check_ppo_policy_loss`: value, gradient and clip fraction against `ppo.ppo_policy_loss`
-# on ratios well outside $1 \pm 0.2$; it names the classic mistakes: min instead of max for a loss,
-# clipping the advantage instead of the ratio, the wrong sign, padding counted in the mean.
+# *Checked by* `check_ppo_policy_loss`: value, gradient and diagnostics against `ppo.ppo_policy_loss` on
+# ratios well outside $1 \pm \epsilon$, for three values of `clip_coef`.
+#
+# **Mistakes the check names**: the min instead of the max (for a loss); the wrong sign, or the objective
+# instead of the loss; the **advantage** clipped instead of the ratio; no clipping; padding counted in the
+# mean; the log-ratio used as the ratio, or log-probs divided; a gradient through clipped tokens; a
+# detached loss; `clipfrac` over the padding; `approx_kl` not the $k_3$ estimate; an input changed in place.
+#
+# <details><summary>Hint 2 (the lines)</summary>
+#
+# `ratio = torch.exp(logprobs - old_logprobs)`; `pg_losses = -advantages * ratio`;
+# `pg_losses_clipped = -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)`;
+# `pg_loss = ppo.masked_mean(torch.max(pg_losses, pg_losses_clipped), mask)`. Under `torch.no_grad()`:
+# `clipfrac = ppo.masked_mean((pg_losses_clipped > pg_losses).float(), mask).item()` and
+# `approx_kl = ppo.masked_mean((ratio - 1) - (logprobs - old_logprobs), mask).item()`.
+#
+# </details>
 
 # %%
 def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                    mask: torch.Tensor, clip_coef: float) -> tuple[torch.Tensor, float]:
+                    mask: torch.Tensor, clip_coef: float) -> tuple[torch.Tensor, dict]:
     """PPO's clipped surrogate (Schulman et al. 2017, Eq. 7) as a loss. All inputs (B, T).
-    Returns (pg_loss: scalar tensor, clipfrac: float)."""
+    Returns (pg_loss: scalar tensor, {"approx_kl": float, "clipfrac": float}), as ppo.ppo_policy_loss."""
     assert logprobs.shape == old_logprobs.shape == advantages.shape == mask.shape
     # SOLUTION
-    # HINT ratio = exp(logprobs - old_logprobs); loss per token = max(-A * ratio, -A * clamp(ratio, 1 - eps, 1 + eps))
-    ratio = torch.exp(logprobs - old_logprobs)                                       # (B, T)
+    # HINT probabilities from log-probabilities; the loss is minus PPO's pessimistic objective, token by token
+    logratio = logprobs - old_logprobs                                               # (B, T)
+    ratio = torch.exp(logratio)                                                      # (B, T)
     pg_losses = -advantages * ratio                                                  # (B, T)
     pg_losses_clipped = -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
     pg_loss = ppo.masked_mean(torch.max(pg_losses, pg_losses_clipped), mask)         # the pessimistic bound
-    clipfrac = ppo.masked_mean((pg_losses_clipped > pg_losses).float(), mask).item()
-    return pg_loss, clipfrac
+    with torch.no_grad():
+        clipfrac = ppo.masked_mean((pg_losses_clipped > pg_losses).float(), mask).item()
+        approx_kl = ppo.masked_mean((ratio - 1) - logratio, mask).item()            # k3
+    return pg_loss, {"approx_kl": approx_kl, "clipfrac": clipfrac}
     # END SOLUTION
 
 
 # %%
-check_ppo_policy_loss(ppo_policy_loss)
+ppo_policy_loss = check_ppo_policy_loss(ppo_policy_loss)
 
 
 # %% [markdown]
@@ -244,28 +273,46 @@ check_ppo_policy_loss(ppo_policy_loss)
 # ### Exercise 6.3 — the clipped value loss
 # Difficulty ●○○ · importance: medium · about 10 minutes.
 #
-# Implement `ppo_value_loss(values, old_values, returns, mask, cliprange_value)` returning the scalar
-# $L^V$ above (a masked mean over the answer tokens).
+# Implement `ppo_value_loss(values, old_values, returns, mask, cliprange_value)` returning
+# `(v_loss, {"vf_clipfrac": ...})`, as `ppo.ppo_value_loss` does: the scalar $L^V$ above (a masked mean
+# over the answer tokens) and the share of answer tokens where the clipped error is the larger one.
 #
-# *Checked by* `check_ppo_value_loss`: value and gradient against `ppo.ppo_value_loss`; it names min
-# instead of max, clipping around the returns, clipping the value itself, a missing 1/2, padding counted.
+# *Checked by* `check_ppo_value_loss`: value, gradient and `vf_clipfrac` against `ppo.ppo_value_loss`, for
+# three clip ranges.
+#
+# **Mistakes the check names**: the min instead of the max; no clipping; the factor 1/2 missing; the clip
+# around the returns instead of the old values; the value itself clamped instead of its change; padding
+# counted; only the clipped error; a wrong gradient; `vf_clipfrac` wrong or missing; an input changed in
+# place.
+#
+# <details><summary>Hint 2 (the lines)</summary>
+#
+# `values_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)`; the two
+# errors `(values - returns) ** 2` and `(values_clipped - returns) ** 2`; `0.5 * ppo.masked_mean(torch.max(...), mask)`;
+# `vf_clipfrac` is the masked mean of `(clipped error > unclipped error).float()`.
+#
+# </details>
 
 # %%
 def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-                   mask: torch.Tensor, cliprange_value: float) -> torch.Tensor:
-    """Clipped value loss (lm-human-preferences). All inputs (B, T). Returns a scalar tensor."""
+                   mask: torch.Tensor, cliprange_value: float) -> tuple[torch.Tensor, dict]:
+    """Clipped value loss (lm-human-preferences). All inputs (B, T).
+    Returns (v_loss: scalar tensor, {"vf_clipfrac": float}), as ppo.ppo_value_loss."""
     assert values.shape == old_values.shape == returns.shape == mask.shape
     # SOLUTION
-    # HINT values_clipped = old_values + clamp(values - old_values, -cliprange_value, cliprange_value)
+    # HINT what is clipped is how far the value moved from its old prediction; then the same pessimistic max
     values_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     vf_losses = (values - returns) ** 2                                              # (B, T)
     vf_losses_clipped = (values_clipped - returns) ** 2                              # (B, T)
-    return 0.5 * ppo.masked_mean(torch.max(vf_losses, vf_losses_clipped), mask)
+    v_loss = 0.5 * ppo.masked_mean(torch.max(vf_losses, vf_losses_clipped), mask)
+    with torch.no_grad():
+        vf_clipfrac = ppo.masked_mean((vf_losses_clipped > vf_losses).float(), mask).item()
+    return v_loss, {"vf_clipfrac": vf_clipfrac}
     # END SOLUTION
 
 
 # %%
-check_ppo_value_loss(ppo_value_loss)
+ppo_value_loss = check_ppo_value_loss(ppo_value_loss)
 
 
 # %% [markdown]
@@ -311,6 +358,18 @@ check_ppo_value_loss(ppo_value_loss)
 # *Checked by* `check_rollout_kl`: on the tiny model with an adapter that has moved, against the
 # package's `evaluation.kl_to_reference`; it also checks that the adapter is on again afterwards (the
 # policy keeps training).
+#
+# **Mistakes the check names**: a KL of exactly 0 (the reference is the policy itself); the prompt and the
+# padding summed too; the mask off by one; the KL with the wrong sign; the adapter left switched off
+# afterwards; an input changed in place.
+#
+# <details><summary>Hint 2 (the two fixes)</summary>
+#
+# Bug 1: the reference's forward pass must run inside `with model.disable_adapter():` (the SFT model is
+# the same weights with the adapter off). Bug 2: only the answer was sampled from the policy: multiply the
+# per-token difference by `response_mask[:, 1:]` (shifted like the log-probs) before summing.
+#
+# </details>
 
 # %%
 def rollout_kl(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -321,9 +380,9 @@ def rollout_kl(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits          # (B, T, V)
     logprobs = token_logprobs(logits[:, :-1], input_ids[:, 1:])                        # (B, T-1): token t + 1
     # SOLUTION
-    # STUB ref_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # the reference policy
-    # STUB ref_logprobs = token_logprobs(ref_logits[:, :-1], input_ids[:, 1:])           # (B, T-1)
-    # STUB return (logprobs - ref_logprobs).sum(dim=1)
+    # BUGGY ref_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # the reference policy
+    # BUGGY ref_logprobs = token_logprobs(ref_logits[:, :-1], input_ids[:, 1:])           # (B, T-1)
+    # BUGGY return (logprobs - ref_logprobs).sum(dim=1)
     # HINT Which network computes ref_logits? And which tokens were sampled from the policy?
     with model.disable_adapter():                                   # bug 1: the reference is the adapter OFF
         ref_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -333,7 +392,7 @@ def rollout_kl(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 
 # %%
-check_rollout_kl(rollout_kl)
+rollout_kl = check_rollout_kl(rollout_kl)
 
 # %% [markdown]
 # **Question.** Explain each bug in a sentence, and what the first would do to a PPO run whose KL
@@ -420,12 +479,10 @@ plots.plot_reward_vs_kl({"PPO, along training": points}, best=best_possible_rewa
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-eval_prompts = None if profile.has_ground_truth else prompts_for(profile, "eval")  # None: the toy world's held-out
-eval_kw = dict(n_per_prompt=4 if profile.has_ground_truth else 1, max_new_tokens=profile.max_new_tokens,
-               temperature=profile.temperature, seed=0, judge=gold)
+eval_kw = protocol(profile, gold)                                     # the course's one evaluation protocol
 with reference_policy(policy):                                        # the SFT model, from the same weights
-    sft_eval = evaluate_policy(policy, tokenizer, eval_prompts, **eval_kw)
-ppo_eval = evaluate_policy(policy, tokenizer, eval_prompts, reference="self", baseline=sft_eval, **eval_kw)
+    sft_eval = evaluate_policy(policy, tokenizer, **eval_kw)
+ppo_eval = evaluate_policy(policy, tokenizer, reference="self", baseline=sft_eval, **eval_kw)
 sft_summary, ppo_summary = sft_eval.summary(), ppo_eval.summary()
 for key in ("reward", "helpful", "harmless", "length", "refusal_harmful", "sycophancy"):
     if key in ppo_summary:  # the toy world's attributes and failure modes exist on the tiny profile only

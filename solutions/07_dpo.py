@@ -41,7 +41,7 @@ from trl import DPOTrainer
 
 from rlhf_course import dpo, memory, plots, trained_models
 from rlhf_course.checks.nb07_dpo import check_dpo_batch_loss, check_dpo_loss, check_ipo_loss, check_sequence_logps
-from rlhf_course.evaluation import evaluate_policy, prompts_for
+from rlhf_course.evaluation import evaluate_policy, protocol
 from rlhf_course.gold import gold_reward_fn
 from rlhf_course.loading import free_memory, load_tokenizer, policy_for_trainer, reference_policy
 from rlhf_course.logprobs import token_logprobs
@@ -150,9 +150,19 @@ print("the answer part:", tokenizer.decode(row[batch["completion_mask"][0].bool(
 # and shift the mask with them. `token_logprobs(logits, labels)` (imported) gathers the log-softmax at
 # the labels.
 #
-# *Checked by* `check_sequence_logps`: against `rlhf_course.logprobs.sequence_logprobs` on the tiny
-# model and a toy preference batch; it recognises no shift, a mask off by one, summing over the prompt,
-# and averaging instead of summing.
+# *Checked by* `check_sequence_logps`: against `rlhf_course.logprobs.sequence_logprobs` (same signature)
+# on the tiny model and a toy preference batch.
+#
+# **Mistakes the check names**: no shift; the mask off by one; the prompt and the padding summed; the
+# attention mask used instead of the completion mask; a mean instead of a sum; probabilities summed; an
+# input changed in place.
+#
+# <details><summary>Hint 2 (three lines)</summary>
+#
+# `logits = model(input_ids=input_ids, attention_mask=attention_mask).logits`;
+# `logps = token_logprobs(logits[:, :-1], input_ids[:, 1:])` (B, T-1); `(logps * completion_mask[:, 1:]).sum(dim=1)`.
+#
+# </details>
 
 # %%
 def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -160,7 +170,7 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     """log pi(answer | prompt) for each row: (B, T) inputs -> (B,)."""
     assert input_ids.shape == attention_mask.shape == completion_mask.shape
     # SOLUTION
-    # HINT logits[:, :-1] predict input_ids[:, 1:]; the mask of those targets is completion_mask[:, 1:]
+    # HINT the logits at t predict token t + 1: shift the logits, the tokens and the mask alike
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits   # (B, T, V)
     logps = token_logprobs(logits[:, :-1], input_ids[:, 1:])                     # (B, T-1): log p(token t + 1)
     return (logps * completion_mask[:, 1:]).sum(dim=1)                           # (B,) answer tokens only
@@ -168,7 +178,7 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 
 # %%
-check_sequence_logps(sequence_logps)
+sequence_logps = check_sequence_logps(sequence_logps)
 
 # %% [markdown]
 # The package's `dpo.preference_logps(model, batch)` does the same in one forward pass over all $2B$
@@ -189,24 +199,35 @@ print(f"{len(chosen_logps)} pairs; the reference gives the chosen answer the hig
 # ### Exercise 7.2 — the DPO loss (Eq. 7)
 # Difficulty ●○○ · importance: high · about 10 minutes.
 #
-# Implement `dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)`
-# returning `(loss, chosen_rewards, rejected_rewards)`: the mean of Eq. 7 over the pairs, and the
-# implicit rewards $\beta (\log \pi_\theta - \log \pi_{\mathrm{ref}})$ of both answers, each (B,) and
-# **detached** (they are diagnostics to log, not part of the graph). `F.logsigmoid` is the numerically
-# stable $\log \sigma$.
+# Implement `dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, *, beta)`
+# returning `(loss, chosen_rewards, rejected_rewards)`, as `dpo.dpo_loss` does: the mean of Eq. 7 over the
+# pairs, and the implicit rewards $\beta (\log \pi_\theta - \log \pi_{\mathrm{ref}})$ of both answers, each
+# (B,) and **detached** (they are diagnostics to log, not part of the graph).
 #
-# *Checked by* `check_dpo_loss`: value, rewards and gradients against `dpo.dpo_loss` on random
-# log-probs; it names beta outside the sigmoid, the reference log-ratio with the wrong sign, chosen and
-# rejected swapped, a missing log.
+# *Checked by* `check_dpo_loss`: value, rewards and gradients against `dpo.dpo_loss` on random log-probs
+# for three betas, and on a pair ranked wrong by 600 nats.
+#
+# **Mistakes the check names**: beta outside the sigmoid; beta missing, or fixed; the reference added
+# instead of subtracted; the reference missing; chosen and rejected swapped; the log missing; a sum
+# instead of a mean; the sign of the loss flipped; an infinite loss at a wide gap (`-log(sigmoid(x))`);
+# rewards without beta, or not detached; no gradient; an input changed in place.
+#
+# <details><summary>Hint 2 (the lines)</summary>
+#
+# `chosen_logratios = policy_chosen_logps - ref_chosen_logps`, the same for the rejected answers;
+# `loss = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios)).mean()`; the rewards are
+# `beta * chosen_logratios.detach()` and `beta * rejected_logratios.detach()`.
+#
+# </details>
 
 # %%
 def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
+             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, *,
              beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DPO, Eq. 7 of arXiv:2305.18290. All inputs (B,). Returns (loss, chosen_rewards (B,), rejected_rewards (B,))."""
     assert policy_chosen_logps.shape == policy_rejected_logps.shape == ref_chosen_logps.shape == ref_rejected_logps.shape
     # SOLUTION
-    # HINT the logits of the sigmoid are beta * (chosen log-ratio - rejected log-ratio), a log-ratio being log pi - log pi_ref
+    # HINT Bradley-Terry's negative log-likelihood, with the implicit reward beta * log(pi / pi_ref) as the reward
     chosen_logratios = policy_chosen_logps - ref_chosen_logps               # (B,) log pi(y_w) / pi_ref(y_w)
     rejected_logratios = policy_rejected_logps - ref_rejected_logps         # (B,) log pi(y_l) / pi_ref(y_l)
     loss = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios)).mean()
@@ -215,7 +236,7 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
 
 
 # %%
-check_dpo_loss(dpo_loss)
+dpo_loss = check_dpo_loss(dpo_loss)
 
 # %% [markdown]
 # Two values to know by heart. When the policy **is** the reference (the first training step), every
@@ -235,7 +256,7 @@ print(f"loss when pi = pi_ref: {loss_at_start.item():.4f}  (log 2 = {torch.log(t
 # ### Exercise 7.3 — `dpo_batch_loss`
 # Difficulty ●●○ · importance: high (this is what a DPO trainer computes at each step) · about 15 minutes.
 #
-# Put layers 1 and 2 together: `dpo_batch_loss(model, batch, beta)` → `(loss, metrics)`. The first half of
+# Put layers 1 and 2 together: `dpo_batch_loss(model, batch, *, beta)` → `(loss, metrics)`. The first half of
 # the $2B$ rows are the chosen answers, the second half the rejected ones (`tensor.chunk(2)`). The
 # reference log-probs come from the same model **with its adapter switched off**
 # (`with model.disable_adapter():`) and need no gradient. `metrics` holds floats, the batch means that
@@ -243,23 +264,35 @@ print(f"loss when pi = pi_ref: {loss_at_start.item():.4f}  (log 2 = {torch.log(t
 # `rewards/chosen`, `rewards/rejected`, `rewards/accuracies` (the share of pairs whose chosen reward is
 # higher), `rewards/margins` (chosen minus rejected reward).
 #
-# *Checked by* `check_dpo_batch_loss`: against `dpo.dpo_batch_loss` on the tiny model with a moved
-# adapter and a toy batch; it catches a reference that is still the policy (margins exactly 0), flipped
-# accuracies or margins, and a loss that has lost its gradient.
+# *Checked by* `check_dpo_batch_loss`: against `dpo.dpo_batch_loss` on the tiny model and a toy batch, with
+# a moved adapter for two betas, and at the first step (a fresh adapter: the policy is the reference and
+# every pair ties).
+#
+# **Mistakes the check names**: a reference that is still the policy (margins exactly 0); ties counted as
+# right (`>=`: TRL logs an accuracy of 0 at the first step); accuracies or margins the wrong way round; a
+# loss off the reference; no gradient, or none reaching the adapter; the batch changed in place.
+#
+# <details><summary>Hint 2 (the layers)</summary>
+#
+# `chosen_logps, rejected_logps = sequence_logps(model, input_ids, attention_mask, completion_mask).chunk(2)`;
+# the same inside `with torch.no_grad(), model.disable_adapter():` for the reference; then
+# `dpo_loss(..., beta=beta)`. `rewards/accuracies` is `(chosen_rewards > rejected_rewards).float().mean().item()`.
+#
+# </details>
 
 # %%
-def dpo_batch_loss(model, batch: dict, beta: float) -> tuple[torch.Tensor, dict]:
+def dpo_batch_loss(model, batch: dict, *, beta: float) -> tuple[torch.Tensor, dict]:
     """DPO on one collated batch (2B rows: B chosen, then B rejected). Returns (loss, metrics)."""
     input_ids, attention_mask, completion_mask = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
     assert input_ids.shape[0] % 2 == 0, "2B rows: prompt + chosen, then prompt + rejected"
     # SOLUTION
-    # HINT sequence_logps(...).chunk(2) gives (chosen, rejected). And pi_ref: which weights of this PEFT model are the SFT model?
+    # HINT the rows are pairs cut in two halves. And pi_ref: which weights of this PEFT model are the SFT model?
     chosen_logps, rejected_logps = sequence_logps(model, input_ids, attention_mask, completion_mask).chunk(2)
     with torch.no_grad(), model.disable_adapter():                          # pi_ref: the model we started from
         ref_chosen_logps, ref_rejected_logps = sequence_logps(model, input_ids, attention_mask,
                                                               completion_mask).chunk(2)
     loss, chosen_rewards, rejected_rewards = dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps,
-                                                      ref_rejected_logps, beta)
+                                                      ref_rejected_logps, beta=beta)
     metrics = {
         "rewards/chosen": chosen_rewards.mean().item(),
         "rewards/rejected": rejected_rewards.mean().item(),
@@ -271,7 +304,7 @@ def dpo_batch_loss(model, batch: dict, beta: float) -> tuple[torch.Tensor, dict]
 
 
 # %%
-check_dpo_batch_loss(dpo_batch_loss)
+dpo_batch_loss = check_dpo_batch_loss(dpo_batch_loss)
 
 # %% [markdown]
 # **Ours against TRL's.** TRL's `DPOTrainer.compute_loss` computes the same loss inline (with a fused
@@ -401,8 +434,18 @@ fig
 # Implement `ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, tau)`
 # → the scalar mean of Eq. 17 as printed (no length normalisation).
 #
-# *Checked by* `check_ipo_loss`: against `dpo.dpo_loss(..., loss_type="ipo")` without lengths; it names a
-# wrong target ($1/\tau$, $2\tau$), a missing square, and DPO's loss in IPO's place.
+# *Checked by* `check_ipo_loss`: against `dpo.dpo_loss(..., loss_type="ipo")` without lengths, for three
+# values of $\tau$, none where two of the targets below coincide (at $\tau = 0.5$, $2\tau = 1/(2\tau)$).
+#
+# **Mistakes the check names**: a wrong target ($1/\tau$, $2\tau$, $\tau/2$); the target's sign flipped;
+# the difference not squared; plain log-probs instead of log-ratios; DPO's loss in IPO's place; a sum
+# instead of a mean; no gradient; an input changed in place.
+#
+# <details><summary>Hint 2 (the line)</summary>
+#
+# With `h` as in the hint, the loss is `((h - 1 / (2 * tau)) ** 2).mean()`.
+#
+# </details>
 
 # %%
 def ipo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
@@ -410,14 +453,14 @@ def ipo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     """IPO, Eq. 17 of arXiv:2310.12036: mean over pairs of (h - 1 / (2 tau))^2. All inputs (B,)."""
     assert policy_chosen_logps.shape == policy_rejected_logps.shape == ref_chosen_logps.shape == ref_rejected_logps.shape
     # SOLUTION
-    # HINT h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))
+    # HINT h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)); IPO regresses it onto a target
     h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)  # (B,)
     return ((h - 1 / (2 * tau)) ** 2).mean()
     # END SOLUTION
 
 
 # %%
-check_ipo_loss(ipo_loss)
+ipo_loss = check_ipo_loss(ipo_loss)
 
 # %% [markdown]
 # ## 8. Evaluation against the SFT model
@@ -433,12 +476,10 @@ check_ipo_loss(ipo_loss)
 # %%
 # NBVAL_IGNORE_OUTPUT
 gold = gold_reward_fn(profile)                                       # the ground truth, or the judge
-eval_prompts = None if profile.has_ground_truth else prompts_for(profile, "eval")  # None: the toy world's held-out
-eval_kw = dict(n_per_prompt=4 if profile.has_ground_truth else 1, max_new_tokens=profile.max_new_tokens,
-               temperature=profile.temperature, seed=0, judge=gold)
+eval_kw = protocol(profile, gold)                                      # the course's one evaluation protocol
 with reference_policy(dpo_model):                                      # the SFT model, from the same weights
-    sft_eval = evaluate_policy(dpo_model, tokenizer, eval_prompts, **eval_kw)
-dpo_eval = evaluate_policy(dpo_model, tokenizer, eval_prompts, reference="self", baseline=sft_eval, **eval_kw)
+    sft_eval = evaluate_policy(dpo_model, tokenizer, **eval_kw)
+dpo_eval = evaluate_policy(dpo_model, tokenizer, reference="self", baseline=sft_eval, **eval_kw)
 sft_summary, dpo_summary = sft_eval.summary(), dpo_eval.summary()
 for key in ("reward", "helpful", "harmless", "length", "well_formed", "sycophancy"):
     if key in dpo_summary:  # the toy world's attributes exist on the tiny profile only

@@ -131,6 +131,16 @@ else:
 # itself against the exact KL of best-of-16 over 10,000 equally likely answers.*
 #
 # Return $\mathrm{KL}(\pi_N \,\|\, \pi)$ in nats.
+#
+# **Mistakes the check names**: only $\log N$ (the upper bound); the $(N-1)/N$ term with the wrong sign;
+# $\log_2$ or $\log_{10}$ instead of the natural logarithm; $N/(N-1)$ upside down; a KL that is not 0 for
+# best-of-1.
+#
+# <details><summary>Hint 2 (the line)</summary>
+#
+# `math.log(n) - (n - 1) / n`.
+#
+# </details>
 
 # %%
 def best_of_n_kl(n: int) -> float:
@@ -144,7 +154,7 @@ def best_of_n_kl(n: int) -> float:
 
 
 # %%
-check_best_of_n_kl(best_of_n_kl)
+best_of_n_kl = check_best_of_n_kl(best_of_n_kl)
 
 # %% [markdown]
 # Now the real thing: 16 answers to each held-out prompt from the SFT model, scored by the reward model
@@ -244,8 +254,8 @@ fig
 
 # %%
 # %%capture rs_log
-EVAL = dict(n_per_prompt=4 if profile.has_ground_truth else 1, seed=1, judge=gold, **SAMPLE)
-sft_eval = evaluation.evaluate_policy(policy, tokenizer, eval_prompts, reward_fn=rm_fn, **EVAL)
+EVAL = evaluation.protocol(profile, gold)  # the course's one evaluation protocol (the held-out prompts above)
+sft_eval = evaluation.evaluate_policy(policy, tokenizer, reward_fn=rm_fn, **EVAL)
 if profile.one_base_at_a_time:  # the SFT model (and the reward model on its base) go before the next one loads
     del policy, rm_fn
     free_memory()
@@ -257,7 +267,7 @@ RS_PROMPTS = random.Random(0).sample(train_prompts, min(64, len(train_prompts),
 rs_reward = dict(reward_model_dir=rm_dir) if profile.one_base_at_a_time else dict(reward_fn=rm_fn)
 rs = bon.rejection_sampling_finetune(profile, model_id=sft_path, prompts=RS_PROMPTS, n=8, **rs_reward,
                                      rounds=1, keep_top=1, steps=RS_STEPS, progress=False, seed=0)
-rs_eval = evaluation.evaluate_policy(rs.model, tokenizer, eval_prompts, reference="self", baseline=sft_eval,
+rs_eval = evaluation.evaluate_policy(rs.model, tokenizer, reference="self", baseline=sft_eval,
                                      reward_fn=reward_model_on(rs.model), **EVAL)
 rs.model = None  # evaluated: its model goes (one model in memory at a time)
 free_memory()
@@ -335,6 +345,18 @@ print(f"SFT loss on the kept answers: {h[0]['train_loss']:.3f} after {h[0]['sft_
 # to the second, and so on (TRL's order). Return one advantage per answer, $(r_i - \text{mean}) / (\text{std} + \varepsilon)$
 # within its group, with $\varepsilon = 10^{-4}$ so that a group of equal rewards gets 0, not NaN. (TRL uses the
 # unbiased std, torch's default; the check also accepts the biased one.)
+#
+# **Mistakes the check names**: normalised over the whole batch; not divided by the group's std; divided
+# by the batch's std; the groups taken strided instead of consecutive; NaN or inf for a group of equal
+# rewards (no epsilon); the `rewards` normalised in place through a `.view`.
+#
+# <details><summary>Hint 2 (the lines)</summary>
+#
+# `grouped = rewards.view(-1, group_size)`; `mean = grouped.mean(dim=1, keepdim=True)`,
+# `std = grouped.std(dim=1, keepdim=True)`; `((grouped - mean) / (std + eps)).view(-1)` - new tensors, so the
+# caller's `rewards` stay as they were.
+#
+# </details>
 
 # %%
 def group_relative_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
@@ -342,7 +364,7 @@ def group_relative_advantages(rewards: torch.Tensor, group_size: int, eps: float
     assert rewards.dim() == 1 and rewards.numel() % group_size == 0
     # SOLUTION
     # STUB return torch.zeros_like(rewards)
-    # HINT rewards.view(-1, group_size) puts one prompt's answers in a row; reduce with dim=1, keepdim=True
+    # HINT lay the rewards out one prompt per row; then every statistic is taken along a row
     grouped = rewards.view(-1, group_size)                                   # (B / G, G)
     mean = grouped.mean(dim=1, keepdim=True)
     std = grouped.std(dim=1, keepdim=True)
@@ -351,7 +373,7 @@ def group_relative_advantages(rewards: torch.Tensor, group_size: int, eps: float
 
 
 # %%
-check_group_relative_advantages(group_relative_advantages)
+group_relative_advantages = check_group_relative_advantages(group_relative_advantages)
 
 
 # %% [markdown]
@@ -359,8 +381,18 @@ check_group_relative_advantages(group_relative_advantages)
 # *Difficulty ●○○ · importance: medium · about 5 minutes · checked against `rlhf_course.grpo.rloo_advantages`
 # (what TRL's `RLOOTrainer` computes before its optional whitening) on random groups.*
 #
-# Same layout: return $r_i$ minus the mean of the other $k - 1$ rewards of its group. Avoid a loop: the sum of
-# the others is the group's sum minus $r_i$.
+# Same layout: return $r_i$ minus the mean of the other $k - 1$ rewards of its group, without a loop.
+#
+# **Mistakes the check names**: the whole group's mean subtracted ($r_i$ included); the others' sum divided
+# by $k$; one left out of the whole batch instead of the group; the sign flipped; GRPO's advantage; the
+# `rewards` changed in place through a `.view`.
+#
+# <details><summary>Hint 2 (the lines)</summary>
+#
+# `grouped = rewards.view(-1, group_size)`; `baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)`;
+# `(grouped - baseline).view(-1)`.
+#
+# </details>
 
 # %%
 def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -368,7 +400,7 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     assert rewards.dim() == 1 and rewards.numel() % group_size == 0 and group_size > 1
     # SOLUTION
     # STUB return rewards.clone()
-    # HINT grouped.sum(dim=1, keepdim=True) - grouped is, for every answer, the sum of its siblings' rewards
+    # HINT the sum of the other answers' rewards is the group's total minus the answer's own
     grouped = rewards.view(-1, group_size)                                   # (B / k, k)
     baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
     return (grouped - baseline).view(-1)                                     # (B,)
@@ -376,7 +408,7 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 # %%
-check_rloo_advantages(rloo_advantages)
+rloo_advantages = check_rloo_advantages(rloo_advantages)
 
 # %% [markdown]
 # **Question.** Show that RLOO's advantage is GRPO's mean-centred advantage times a constant: which one?
@@ -405,7 +437,7 @@ GRPO_STEPS = min(8, profile.ppo_steps)
 grpo_run = grpo.train_grpo(profile, model_id=sft_path, reward_fn=gold, prompts=prompts_for(profile, "train"),
                            steps=GRPO_STEPS, num_generations=min(8, profile.batch_size * profile.gradient_accumulation_steps),
                            progress=False, seed=0)
-grpo_eval = evaluation.evaluate_policy(grpo_run.model, tokenizer, eval_prompts, reference="self", baseline=sft_eval,
+grpo_eval = evaluation.evaluate_policy(grpo_run.model, tokenizer, reference="self", baseline=sft_eval,
                                        reward_fn=reward_model_on(grpo_run.model), **EVAL)
 grpo_run.model = None  # evaluated: its model goes
 free_memory()
@@ -471,7 +503,17 @@ print(ai_feedback.CONSTITUTION)
 # against `rlhf_course.evaluation.win_rate_from_scores` on lists with ties.*
 #
 # `scores_a[i]` and `scores_b[i]` are a judge's scores of the two policies' answers to prompt $i$. Treat two
-# scores within $10^{-6}$ as a tie: rewards that are sums of floats are rarely exactly equal.
+# scores within $10^{-6}$ as a tie: rewards that are sums of floats are rarely exactly equal. The package's
+# version is `evaluation.win_rate_from_scores`.
+#
+# **Mistakes the check names**: ties counted as losses; ties counted as wins; ties compared exactly
+# (`0.1 + 0.2 != 0.3`); b's win rate instead of a's; a count instead of a share; a list changed in place.
+#
+# <details><summary>Hint 2 (one pair)</summary>
+#
+# `0.5 if abs(a - b) <= 1e-6 else 1.0 if a > b else 0.0`, averaged over the pairs.
+#
+# </details>
 
 # %%
 def win_rate(scores_a: list[float], scores_b: list[float]) -> float:
@@ -479,14 +521,14 @@ def win_rate(scores_a: list[float], scores_b: list[float]) -> float:
     assert len(scores_a) == len(scores_b) > 0
     # SOLUTION
     # STUB return 0.5
-    # HINT win 1, tie (abs(a - b) <= 1e-6) 0.5, loss 0; then average over the pairs
+    # HINT score each pair 1, 1/2 or 0, then average
     wins = [0.5 if abs(a - b) <= 1e-6 else 1.0 if a > b else 0.0 for a, b in zip(scores_a, scores_b)]
     return sum(wins) / len(wins)
     # END SOLUTION
 
 
 # %%
-check_win_rate(win_rate)
+win_rate = check_win_rate(win_rate)
 
 
 # %% [markdown]
@@ -502,20 +544,30 @@ check_win_rate(win_rate)
 #
 # `is_refusal(text)` says whether an answer contains one of the toy world's refusal sentences. Return the
 # share of refusals among the prompts with `p.harmful == harmful`, or `math.nan` if there is none.
+#
+# **Mistakes the check names**: refusals counted over all prompts; the other kind of prompt kept; a count
+# instead of a share; a division by zero where there is no prompt of that kind; a list changed in place.
+#
+# <details><summary>Hint 2 (the lines)</summary>
+#
+# `flags = [is_refusal(text) for p, text in zip(prompts, responses) if p.harmful == harmful]`; then
+# `sum(flags) / len(flags)`, or `math.nan` when `flags` is empty.
+#
+# </details>
 
 # %%
 def refusal_rate(prompts: list, responses: list[str], harmful: bool = False) -> float:
     """Share of answers that refuse, among the benign (harmful=False) or the harmful prompts."""
     # SOLUTION
     # STUB return 0.0
-    # HINT keep the pairs whose prompt has p.harmful == harmful; is_refusal(text) -> bool
+    # HINT first keep only the answers to the kind of prompt asked for
     flags = [is_refusal(text) for p, text in zip(prompts, responses) if p.harmful == harmful]
     return sum(flags) / len(flags) if flags else math.nan
     # END SOLUTION
 
 
 # %%
-check_refusal_rate(refusal_rate)
+refusal_rate = check_refusal_rate(refusal_rate)
 
 # %% [markdown]
 # A policy that refuses everything is perfectly "safe" on the harmful prompts. What does the ground truth

@@ -5,7 +5,9 @@ import ast
 import contextlib
 import functools
 import io
+import linecache
 import os
+import re
 import shutil
 import subprocess
 
@@ -13,9 +15,9 @@ import nbformat
 import pytest
 
 from rlhf_course.cli import main
-from rlhf_course.exercises import (NBVAL_ENV, NOTEBOOKS, SETUP_CELL, SETUP_LINE, SOLUTIONS, MasterError, colab_badge,
-                                   exercises, generate, has_solution, import_notebook, master_from_notebook, masters,
-                                   notebook_from_master)
+from rlhf_course.exercises import (CHECK_CALL, NBVAL_ENV, NOTEBOOKS, SETUP_CELL, SETUP_LINE, SOLUTIONS, MasterError,
+                                   colab_badge, exercises, generate, has_solution, import_notebook,
+                                   master_from_notebook, masters, notebook_from_master)
 
 MASTERS = masters()
 TEACHING = [p for p in MASTERS if not p.name.startswith("00")]
@@ -216,11 +218,20 @@ def _is_import_cell(source: str) -> bool:
     return bool(tree.body) and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body)
 
 
+def _exec_cell(source: str, ns: dict, name: str) -> None:
+    """Run a cell's code as Jupyter does: its functions keep their source (inspect.getsource works)."""
+    filename = f"<cell {name} {len(linecache.cache)}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), ns)
+
+
 def _run_check(call: str, ns: dict) -> tuple[bool, str]:
+    """Run the check cell's line (`name = check_name(name)`); passed means a ✓ line."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        ok = eval(call, ns)
-    return ok, out.getvalue()
+        exec(call, ns)
+    printed = out.getvalue()
+    return printed.startswith("✓"), printed
 
 
 def _cases():
@@ -231,8 +242,11 @@ def _cases():
 
 @pytest.mark.parametrize("master, index", list(_cases()))
 def test_check_fails_on_the_stub_and_passes_on_the_solution(master, index):
-    """Exercises depend only on imports and earlier exercises: run those, then the stub and the solution."""
+    """Exercises depend only on imports and earlier exercises: run those, then the stub and the solution.
+    On the stub the check says "not implemented yet" (a find-the-bug stub: the bug it shows), hands back
+    the package's reference under the exercise's name, and refuses that stand-in if given it again."""
     target = exercises(master)[index]
+    name = CHECK_CALL.match(target.check_call)[3]
     ns: dict = {}
     seen = 0
     for cell in lesson_cells(master):
@@ -242,13 +256,48 @@ def test_check_fails_on_the_stub_and_passes_on_the_solution(master, index):
             exec(cell.source, ns)
         elif has_solution(cell):
             if seen == index:
-                exec(target.stub, ns)
+                _exec_cell(target.stub, ns, "stub")
                 ok, printed = _run_check(target.check_call, ns)
-                assert ok is False and "✗" in printed, f"{target.check_name} passed on the stub: {printed}"
-                exec(target.solution, ns)
+                assert ok is False and printed.startswith("✗"), f"{target.check_name} passed on the stub: {printed}"
+                first = printed.splitlines()[0]
+                if target.buggy:
+                    assert "not implemented" not in first, first
+                else:
+                    assert first == f"✗ {name}: not implemented yet" or \
+                        first.startswith(f"✗ {name}: not implemented yet - "), first
+                assert "the cells below use the course's" in printed
+                assert ns[name] is not None and getattr(ns[name], "_rlhf_course_stand_in", False)
+                ok, printed = _run_check(target.check_call, ns)  # the check cell run again, without the exercise
+                assert ok is False and "still the course's stand-in" in printed, printed
+                _exec_cell(target.solution, ns, "solution")
+                solution = ns[name]
                 ok, printed = _run_check(target.check_call, ns)
                 assert ok is True and "✓" in printed, f"{target.check_name} failed on the solution: {printed}"
+                assert ns[name] is solution, "a passing check hands back the student's own function"
                 return
             exec(cell.source, ns)
             seen += 1
     pytest.fail("exercise not found")
+
+
+@pytest.mark.parametrize("master", TEACHING, ids=lambda p: p.stem)
+def test_each_exercise_has_two_tier_hints_and_lists_the_mistakes_its_check_names(master):
+    """The first hint (in the code) points at the idea; the second, collapsed in the exercise's markdown,
+    gives the formula; the header says which mistakes the check names; the stub never holds the answer."""
+    for ex in exercises(master):
+        header = ex.header
+        assert header.count("<details>") == 1 and "Hint 2" in header, f"{ex.check_name}: no collapsed second hint"
+        intro = header.split("<details>")[0]
+        assert re.search(r"names?\b.*:", intro) and "mistakes" in intro.lower(), \
+            f"{ex.check_name}: the header should list the mistakes its check names"
+        if not ex.buggy:
+            assert any(l.strip().startswith("# HINT") for l in ex.solution.splitlines()), f"{ex.check_name}: no first hint"
+        answer = [l.strip() for l in ex.solution.split("# SOLUTION")[1].split("# END SOLUTION")[0].splitlines()
+                  if l.strip() and not l.strip().startswith("#")]
+        stub_lines = {l.strip().split("  # TODO")[0] for l in ex.stub.splitlines()}
+        hints = [l for l in ex.stub.splitlines() if l.strip().startswith("# Hint:")]
+        for line in answer:
+            code = line.split("  #")[0].strip()
+            if len(code) > 12 and not ex.buggy:
+                assert code not in stub_lines, f"{ex.check_name}: the stub holds an answer line: {code}"
+                assert all(code not in h for h in hints), f"{ex.check_name}: the first hint holds an answer line: {code}"

@@ -1,0 +1,6 @@
+"""`python -m rlhf_course ...` is the `rlhf-course` command: it works where the environment's bin folder is
+not on PATH (a notebook's `!{sys.executable} -m rlhf_course labels merge ...`)."""
+
+from rlhf_course.cli import main
+
+raise SystemExit(main())
