@@ -3,4 +3,5 @@ not on PATH (a notebook's `!{sys.executable} -m rlhf_course labels merge ...`)."
 
 from rlhf_course.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

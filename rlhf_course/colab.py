@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from rlhf_course.errors import CourseError
+
 try:
     import tomllib
 except ImportError:  # Python 3.10: pip vendors the same parser
@@ -74,9 +76,8 @@ NEVER_REPLACED = {
 }
 
 
-class ColabSetupError(RuntimeError):
-    """The course cannot be installed into this runtime as asked; the message says what to do.
-    (Not a `CourseError`: errors.py imports torch, and this module runs before anything is installed.)"""
+class ColabSetupError(CourseError, RuntimeError):
+    """The course cannot be installed into this runtime as asked; the message says what to do."""
 
     def _render_traceback_(self):  # IPython shows these lines instead of a traceback
         return [str(self)]

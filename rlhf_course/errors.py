@@ -23,7 +23,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
+# No module-level torch: colab.py derives its error from CourseError and runs before torch matters.
 
 
 class CourseError(Exception):
@@ -60,11 +60,15 @@ def redact(text: str) -> str:
 
 def expected_errors() -> tuple[type[BaseException], ...]:
     """The exception types that mean "expected failure": shown as a message, never as a traceback."""
+    import torch
+
     return (CourseError, torch.cuda.OutOfMemoryError)
 
 
 def explain(err: BaseException) -> str | None:
     """The short message for an expected failure, or None for anything else (a bug: keep the traceback)."""
+    import torch
+
     if isinstance(err, torch.cuda.OutOfMemoryError):
         return memory_advice()
     if isinstance(err, expected_errors()):
@@ -98,6 +102,8 @@ def memory_advice(profile=None, checkpoint_dir: str | Path | None = None, method
 
 def free_accelerator_memory() -> None:
     """Give cached GPU memory back after a failure, so the notebook can continue."""
+    import torch
+
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

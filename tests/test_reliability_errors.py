@@ -19,6 +19,8 @@ def course_exception_classes() -> list[type]:
     (A private one, like preferences._DuplicateKey, is a signal caught where it is raised.)"""
     found = {}
     for info in pkgutil.walk_packages(rlhf_course.__path__, "rlhf_course."):
+        if info.name.endswith(".__main__"):  # importing it runs the CLI
+            continue
         module = importlib.import_module(info.name)
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if issubclass(obj, BaseException) and obj.__module__.startswith("rlhf_course") \
