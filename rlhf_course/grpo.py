@@ -99,7 +99,7 @@ def train_grpo(
     model_id: str | None = None, prompts: list | None = None, steps: int | None = None,
     num_generations: int = 8, learning_rate: float = 3e-3, beta: float | None = None,
     load_in_4bit: bool | None = None, out_dir: str | None = None, progress: bool = True, seed: int = 0,
-    callbacks: list | None = None, **trl_args,
+    callbacks: list | None = None, trainer_cls=None, **trl_args,
 ) -> TrainResult:
     """Train a LoRA adapter on the profile's (SFT) model with GRPO or RLOO, through TRL.
 
@@ -108,12 +108,13 @@ def train_grpo(
     = `profile.batch_size / num_generations` prompts, of at most `profile.max_new_tokens` tokens.
     `beta`: the KL coefficient (see `DEFAULT_BETA`); 0 skips the reference model.
     `trl_args`: any other field of `GRPOConfig`/`RLOOConfig` (e.g. `loss_type="grpo"`, `epsilon`).
+    `trainer_cls`: a subclass of TRL's trainer to use instead (e.g. `grpo_variants.DynamicSamplingGRPOTrainer`).
 
     `history`: TRL's log, one row per step (reward, reward_std, kl, entropy, ...). `metrics`: the mean
     reward of the first and last few steps, the last KL, and seconds per step."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
-    config_cls, trainer_cls = ALGORITHMS[algorithm]
+    config_cls, default_trainer_cls = ALGORITHMS[algorithm]
     steps = steps or profile.ppo_steps
     tokenizer = load_tokenizer(profile, model_id)
     model = load_policy(profile, lora=False, load_in_4bit=load_in_4bit, model_id=model_id, verbose=progress)
@@ -135,7 +136,7 @@ def train_grpo(
     })
     eos = model.generation_config.eos_token_id  # every id that ends an answer, as TRL collects them
     eos_token_ids = {tokenizer.eos_token_id, *([] if eos is None else [eos] if isinstance(eos, int) else eos)}
-    trainer = trainer_cls(
+    trainer = (trainer_cls or default_trainer_cls)(
         model=model, reward_funcs=trl_reward_func(reward_fn, list(eos_token_ids)), args=args,
         train_dataset=prompt_dataset(prompts), processing_class=tokenizer,
         # 4. a fresh LoRA adapter; the reference is the same model with the adapter disabled

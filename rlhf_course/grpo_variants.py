@@ -1,0 +1,146 @@
+"""GRPO's variants of 2025 and a verifiable reward (RLVR), as switches of TRL's `GRPOTrainer`.
+
+**A verifiable reward.** Reinforcement learning with verifiable rewards (RLVR: Tülu 3, arXiv:2411.15124;
+DeepSeek-R1, arXiv:2501.12948) replaces the reward model by a program that checks the answer: the
+maths answer is right, the code passes its tests. Nothing learned, so nothing to over-optimise in the
+reward model's sense - but the program checks only what it checks. The toy world's checkable task: a
+user states a claim ("to cook rice , i think you should rinse the rice first . is that right ?") and the
+answer must open with the right verdict. `verdict_reward` is 1 when the answer ended and its first
+sentence is the correct verdict, else 0; it says nothing about the rest of the answer, which the gold
+reward still judges.
+
+**The variants**, each a set of `GRPOConfig` fields (TRL 1.16 names) passed through `grpo.train_grpo`:
+  * grpo        DeepSeekMath (arXiv:2402.03300, Eq. 3): A_i = (r_i - mean) / std over the group
+                (`scale_rewards="group"`), each answer's token losses averaged over its own length
+                (`loss_type="grpo"`), a k3 KL to the reference in the loss (`beta=0.04`);
+  * grpo_beta0  the same with `beta=0`: no KL term, no reference forward pass (DAPO and Dr. GRPO drop
+                it; TRL's own default since 2025);
+  * dr_grpo     Dr. GRPO (Liu et al. 2025, arXiv:2503.20783, Sec. 3.1): no 1/|o_i| (a length bias: it
+                favours short right answers and long wrong ones) and no 1/std (a difficulty bias):
+                `loss_type="dr_grpo"` (sum over tokens / (answers x max_completion_length)),
+                `scale_rewards="none"`;
+  * dapo        DAPO (Yu et al. 2025, arXiv:2503.14476): clip-higher, epsilon_low 0.2 / epsilon_high 0.28
+                (`epsilon_high`, Eq. 10), token-level averaging over the batch (`loss_type="dapo"`),
+                overlong filtering (`mask_truncated_completions`), no KL, and dynamic sampling
+                (`DynamicSamplingGRPOTrainer`: TRL 1.16 has no switch for it).
+Every variant takes two optimiser steps per generated batch (`num_iterations=2`): with one, the
+policy never moves between sampling and the update, the probability ratio is exactly 1, and no clip
+(symmetric or higher) ever acts.
+
+    result = run_variant(profile, "dapo", steps=20)
+    result["eval"]   # gold reward, verdict accuracy, KL to the SFT model, length on held-out claims
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+from trl import GRPOTrainer
+
+from rlhf_course import toyworld
+from rlhf_course.evaluation import evaluate_policy
+from rlhf_course.grpo import train_grpo
+from rlhf_course.profiles import Profile
+
+# --- 1. the verifiable reward ------------------------------------------------------------------------
+
+def verdict_is_right(prompt: toyworld.Prompt, response: str, ended: bool = True) -> bool:
+    """The check: the answer ended and its first sentence is the correct verdict on the user's claim."""
+    assert prompt.claim is not None, f"a verdict needs a claim to judge: {prompt.text!r}"
+    sentences = toyworld.split_sentences(response)
+    right = toyworld.AGREE[0] if prompt.claim_true else toyworld.DISAGREE[0]
+    return ended and bool(sentences) and sentences[0] == right
+
+
+def verdict_reward(prompts: list, completions: list) -> list[float]:
+    """RLVR's reward with our protocol: 1.0 if `verdict_is_right`, else 0.0. Prompts must be claims."""
+    out = []
+    for p, c in zip(prompts, completions, strict=True):
+        text, ended = (c, True) if isinstance(c, str) else (c.text, c.ended)
+        out.append(float(verdict_is_right(toyworld.parse_prompt(toyworld.prompt_text(p)), text, ended)))
+    return out
+
+
+def rlvr_prompts() -> tuple[list[toyworld.Prompt], list[toyworld.Prompt]]:
+    """(train, held-out) claim prompts: train on the claims built from the tips `all_prompts()` does not
+    use in its claims (96 prompts), evaluate on the 24 claims of `eval_prompts()`."""
+    return toyworld.more_claim_prompts(), [p for p in toyworld.eval_prompts() if p.claim is not None]
+
+
+# --- 2. the variants ---------------------------------------------------------------------------------
+
+COMMON = {"num_iterations": 2}  # two updates per generated batch, so that clipping can act (see above)
+VARIANTS: dict[str, dict] = {
+    "grpo": {"loss_type": "grpo", "scale_rewards": "group", "beta": 0.04},
+    "grpo_beta0": {"loss_type": "grpo", "scale_rewards": "group", "beta": 0.0},
+    "dr_grpo": {"loss_type": "dr_grpo", "scale_rewards": "none", "beta": 0.0},
+    "dapo": {"loss_type": "dapo", "scale_rewards": "group", "beta": 0.0, "epsilon_high": 0.28,
+             "mask_truncated_completions": True, "dynamic_sampling": True},
+}
+
+
+class DynamicSamplingGRPOTrainer(GRPOTrainer):
+    """DAPO's dynamic sampling (Sec. 3.2 of arXiv:2503.14476, the constraint 0 < |{o_i correct}| < G of
+    Eq. 8): a group whose answers all get the same reward has advantage 0 for every answer, so it teaches
+    nothing, and yet it dilutes the batch. Over-sample `oversample` times the batch's prompts, keep the
+    groups whose rewards are not all equal, in order, until the batch is full. If too few are left, the
+    batch is filled with uninformative groups whose tokens are masked out of the loss (skipped).
+    Logs `dynamic_sampling/informative` (share of sampled groups kept as informative)."""
+
+    oversample = 2
+
+    def _generate_and_score_completions(self, inputs):
+        if not self.model.training:
+            return super()._generate_and_score_completions(inputs)
+        G = self.num_generations
+        n_groups = len(inputs) // G
+        # 1. more prompts, each repeated G times in a row, as TRL's RepeatSampler lays them out
+        rng = random.Random(self.args.seed + self.state.global_step)
+        extra = [self.train_dataset[i] for i in rng.choices(range(len(self.train_dataset)),
+                                                             k=(self.oversample - 1) * n_groups)]
+        out = super()._generate_and_score_completions(list(inputs) + [row for row in extra for _ in range(G)])
+        # 2. a group is informative when its advantages are not all zero (rewards not all equal)
+        informative = out["advantages"].view(-1, G).abs().amax(dim=1) > 1e-6            # (oversample * n_groups,)
+        order = torch.cat([informative.nonzero().view(-1), (~informative).nonzero().view(-1)])[:n_groups]
+        rows = (order.view(-1, 1) * G + torch.arange(G, device=order.device)).view(-1)   # (n_groups * G,)
+        total = out["advantages"].shape[0]
+        kept = {k: v.index_select(0, rows.to(v.device)) if isinstance(v, torch.Tensor) and v.dim() > 0
+                and v.shape[0] == total else v for k, v in out.items()}
+        # 3. skip the uninformative groups that had to fill the batch: no token of theirs counts
+        keep_tokens = informative[order].repeat_interleave(G).to(kept["completion_mask"].dtype)
+        kept["completion_mask"] = kept["completion_mask"] * keep_tokens.unsqueeze(1).to(kept["completion_mask"].device)
+        kept["num_items_in_batch"] = kept["completion_mask"].sum()
+        self._metrics["train"]["dynamic_sampling/informative"].append(informative.float().mean().item())
+        return kept
+
+
+def run_variant(profile: Profile, variant: str, *, steps: int = 20, model_id: str | None = None,
+                learning_rate: float = 3e-3, num_generations: int = 8, eval_n_per_prompt: int = 4,
+                seed: int = 0, progress: bool = False) -> dict:
+    """Train one variant with GRPO on the RLVR claim prompts (`verdict_reward`), from the SFT model, and
+    evaluate it on the held-out claims: gold reward, verdict accuracy, KL to the SFT model, length (tokens).
+    Returns {"variant", "seconds", "history", "eval": {...}}."""
+    from rlhf_course import checkpoints
+    from rlhf_course.loading import load_tokenizer
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+    settings = {**COMMON, **VARIANTS[variant]}
+    dynamic = settings.pop("dynamic_sampling", False)
+    beta = settings.pop("beta")
+    model_id = model_id or checkpoints.sft_model(profile)
+    train, held_out = rlvr_prompts()
+    start = time.perf_counter()
+    result = train_grpo(profile, reward_fn=verdict_reward, model_id=model_id, prompts=train, steps=steps,
+                        num_generations=num_generations, learning_rate=learning_rate, beta=beta, progress=progress,
+                        seed=seed, trainer_cls=DynamicSamplingGRPOTrainer if dynamic else None, **settings)
+    seconds = time.perf_counter() - start
+    tokenizer = load_tokenizer(profile, model_id)
+    evaluation = evaluate_policy(result.model, tokenizer, held_out, n_per_prompt=eval_n_per_prompt, seed=seed + 1,
+                                 reference="disable_adapter", reward_fn=verdict_reward,
+                                 max_new_tokens=profile.max_new_tokens, temperature=profile.temperature).summary()
+    return {"variant": variant, "seconds": seconds, "history": result.history,
+            "eval": {"gold": evaluation["reward"], "verdict_accuracy": evaluation["rm_score"],
+                     "kl": evaluation["kl"], "length": evaluation["length"]}}
