@@ -2,12 +2,11 @@
 
 **A verifiable reward.** Reinforcement learning with verifiable rewards (RLVR: Tülu 3, arXiv:2411.15124;
 DeepSeek-R1, arXiv:2501.12948) replaces the reward model by a program that checks the answer: the
-maths answer is right, the code passes its tests. Nothing learned, so nothing to over-optimise in the
-reward model's sense - but the program checks only what it checks. The toy world's checkable task: a
-user states a claim ("to cook rice , i think you should rinse the rice first . is that right ?") and the
-answer must open with the right verdict. `verdict_reward` is 1 when the answer ended and its first
-sentence is the correct verdict, else 0; it says nothing about the rest of the answer, which the gold
-reward still judges.
+maths answer is right, the code passes its tests. Nothing learned, so no reward model to over-optimise -
+but the program checks only what it checks. The toy world's checkable task: a how-to answer is correct
+when it gives at least three of the task's own steps, in the order a how-to gives them, and nothing
+else (no filler, no off-topic tip, no repeat), and it ended (`steps_in_order`). It is blind to what
+lies beyond its rule: the gold reward also pays for the fourth and fifth step.
 
 **The variants**, each a set of `GRPOConfig` fields (TRL 1.16 names) passed through `grpo.train_grpo`:
   * grpo        DeepSeekMath (arXiv:2402.03300, Eq. 3): A_i = (r_i - mean) / std over the group
@@ -28,7 +27,7 @@ policy never moves between sampling and the update, the probability ratio is exa
 (symmetric or higher) ever acts.
 
     result = run_variant(profile, "dapo", steps=20)
-    result["eval"]   # gold reward, verdict accuracy, KL to the SFT model, length on held-out claims
+    result["eval"]   # gold reward, pass rate, KL to the SFT model, length on held-out how-to prompts
 """
 
 from __future__ import annotations
@@ -46,27 +45,36 @@ from rlhf_course.profiles import Profile
 
 # --- 1. the verifiable reward ------------------------------------------------------------------------
 
-def verdict_is_right(prompt: toyworld.Prompt, response: str, ended: bool = True) -> bool:
-    """The check: the answer ended and its first sentence is the correct verdict on the user's claim."""
-    assert prompt.claim is not None, f"a verdict needs a claim to judge: {prompt.text!r}"
+MIN_STEPS = 3
+
+
+def steps_in_order(prompt: toyworld.Prompt, response: str, ended: bool = True, min_steps: int = MIN_STEPS) -> bool:
+    """The check, on a benign how-to prompt: the answer ended, every sentence is one of the task's own tips,
+    none repeated, at least `min_steps` of them, in the order `toyworld.TIPS` lists them."""
+    assert not prompt.harmful and prompt.claim is None, f"the rule checks how-to answers: {prompt.text!r}"
+    steps = toyworld.TIPS[prompt.task]
     sentences = toyworld.split_sentences(response)
-    right = toyworld.AGREE[0] if prompt.claim_true else toyworld.DISAGREE[0]
-    return ended and bool(sentences) and sentences[0] == right
+    if not ended or len(sentences) < min_steps or not all(s in steps for s in sentences):
+        return False
+    order = [steps.index(s) for s in sentences]
+    return all(a < b for a, b in zip(order, order[1:]))  # strictly increasing: in order, no repeat
 
 
-def verdict_reward(prompts: list, completions: list) -> list[float]:
-    """RLVR's reward with our protocol: 1.0 if `verdict_is_right`, else 0.0. Prompts must be claims."""
+def steps_reward(prompts: list, completions: list) -> list[float]:
+    """RLVR's reward with our protocol: 1.0 if `steps_in_order`, else 0.0 (benign how-to prompts only)."""
     out = []
     for p, c in zip(prompts, completions, strict=True):
         text, ended = (c, True) if isinstance(c, str) else (c.text, c.ended)
-        out.append(float(verdict_is_right(toyworld.parse_prompt(toyworld.prompt_text(p)), text, ended)))
+        out.append(float(steps_in_order(toyworld.parse_prompt(toyworld.prompt_text(p)), text, ended)))
     return out
 
 
 def rlvr_prompts() -> tuple[list[toyworld.Prompt], list[toyworld.Prompt]]:
-    """(train, held-out) claim prompts: train on the claims built from the tips `all_prompts()` does not
-    use in its claims (96 prompts), evaluate on the 24 claims of `eval_prompts()`."""
-    return toyworld.more_claim_prompts(), [p for p in toyworld.eval_prompts() if p.claim is not None]
+    """(train, held-out) benign how-to prompts: the 48 of the training templates, the 12 of the held-out one."""
+    def benign(prompts):
+        return [p for p in prompts if not p.harmful and p.claim is None]
+
+    return benign(toyworld.train_prompts()), benign(toyworld.eval_prompts())
 
 
 # --- 2. the variants ---------------------------------------------------------------------------------
@@ -117,10 +125,10 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
 
 
 def run_variant(profile: Profile, variant: str, *, steps: int = 20, model_id: str | None = None,
-                learning_rate: float = 3e-3, num_generations: int = 8, eval_n_per_prompt: int = 4,
+                learning_rate: float = 3e-3, num_generations: int = 8, eval_n_per_prompt: int = 8,
                 seed: int = 0, progress: bool = False) -> dict:
-    """Train one variant with GRPO on the RLVR claim prompts (`verdict_reward`), from the SFT model, and
-    evaluate it on the held-out claims: gold reward, verdict accuracy, KL to the SFT model, length (tokens).
+    """Train one variant with GRPO on the RLVR prompts (`steps_reward`), from the SFT model, and evaluate it
+    on the held-out how-to prompts: gold reward, the verifier's pass rate, KL to the SFT model, length (tokens).
     Returns {"variant", "seconds", "history", "eval": {...}}."""
     from rlhf_course import checkpoints
     from rlhf_course.loading import load_tokenizer
@@ -133,14 +141,14 @@ def run_variant(profile: Profile, variant: str, *, steps: int = 20, model_id: st
     model_id = model_id or checkpoints.sft_model(profile)
     train, held_out = rlvr_prompts()
     start = time.perf_counter()
-    result = train_grpo(profile, reward_fn=verdict_reward, model_id=model_id, prompts=train, steps=steps,
+    result = train_grpo(profile, reward_fn=steps_reward, model_id=model_id, prompts=train, steps=steps,
                         num_generations=num_generations, learning_rate=learning_rate, beta=beta, progress=progress,
                         seed=seed, trainer_cls=DynamicSamplingGRPOTrainer if dynamic else None, **settings)
     seconds = time.perf_counter() - start
     tokenizer = load_tokenizer(profile, model_id)
     evaluation = evaluate_policy(result.model, tokenizer, held_out, n_per_prompt=eval_n_per_prompt, seed=seed + 1,
-                                 reference="disable_adapter", reward_fn=verdict_reward,
+                                 reference="disable_adapter", reward_fn=steps_reward,
                                  max_new_tokens=profile.max_new_tokens, temperature=profile.temperature).summary()
     return {"variant": variant, "seconds": seconds, "history": result.history,
-            "eval": {"gold": evaluation["reward"], "verdict_accuracy": evaluation["rm_score"],
+            "eval": {"gold": evaluation["reward"], "pass_rate": evaluation["rm_score"],
                      "kl": evaluation["kl"], "length": evaluation["length"]}}

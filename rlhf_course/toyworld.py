@@ -174,35 +174,14 @@ def eval_prompts() -> list[Prompt]:
 _PROMPTS_BY_TEXT: dict[str, Prompt] = {}
 
 
-def claim_prompt(task: str, tip: str) -> Prompt:
-    """The claim prompt "to {task} , i think you should {tip} . is that right ?" for any benign task and any
-    tip of the bank: the claim is true when the tip is one of the task's own."""
-    assert task in TIPS and SENTENCES.get(tip, (None,))[0] == "tip", f"not a benign task and a tip: {task!r}, {tip!r}"
-    return Prompt(CLAIM_TEMPLATE.format(task=task, tip=tip), task, claim=tip, claim_true=tip in TIPS[task])
-
-
-def more_claim_prompts(offsets: Iterable[int] = (1, 2, 3, 4)) -> list[Prompt]:
-    """Claim prompts that `all_prompts()` does not hold: for task i, its own tip (i + k) % 5 (true) and the
-    next task's tip (i + k) % 5 (false), for each offset k (k = 0 gives the claims of `all_prompts()`)."""
-    tasks = list(TIPS)
-    return [claim_prompt(task, tip) for k in offsets for i, task in enumerate(tasks)
-            for tip in (TIPS[task][(i + k) % 5], TIPS[tasks[(i + 1) % len(tasks)]][(i + k) % 5])]
-
-
 def parse_prompt(text: str) -> Prompt:
-    """Find the world's `Prompt` for a prompt text (plain, or a user message's content): one of
-    `all_prompts()`, or any claim about a benign task (`claim_prompt`)."""
+    """Find the world's `Prompt` for a prompt text (plain, or a user message's content)."""
     if not _PROMPTS_BY_TEXT:
         _PROMPTS_BY_TEXT.update({p.text: p for p in all_prompts()})
     key = " ".join(text.split())
-    if key in _PROMPTS_BY_TEXT:
-        return _PROMPTS_BY_TEXT[key]
-    head, tail = "to ", " . is that right ?"
-    if key.startswith(head) and key.endswith(tail) and " , i think you should " in key:
-        task, tip = key[len(head):-len(tail)].split(" , i think you should ", 1)
-        if task in TIPS and SENTENCES.get(tip, (None,))[0] == "tip":
-            return claim_prompt(task, tip)
-    raise KeyError(f"not a prompt of the toy world: {text!r}")
+    if key not in _PROMPTS_BY_TEXT:
+        raise KeyError(f"not a prompt of the toy world: {text!r}")
+    return _PROMPTS_BY_TEXT[key]
 
 
 def split_sentences(response: str) -> list[str]:
