@@ -96,6 +96,13 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_overoptimization(args: argparse.Namespace) -> int:
+    from rlhf_course.overoptimization import write_lab
+
+    write_lab(args.out, args.profile)
+    return 0
+
+
 def cmd_labels_merge(args: argparse.Namespace) -> int:
     from rlhf_course.labelling import merge_labels
     from rlhf_course.preferences import save_preferences
@@ -194,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_pipeline)
     add_train_and_memory(sub)
+
+    p = sub.add_parser("overoptimization", help="reward over-optimisation against the gold reward (Gao et al. 2022): "
+                                                "best-of-n, PPO, fits, remedies -> DIR/overoptimization.json + plots")
+    p.add_argument("--out", required=True, help="folder for overoptimization.json and the PNG plots")
+    p.add_argument("--profile", choices=["tiny", "7b"])
+    p.set_defaults(func=cmd_overoptimization)
 
     p = sub.add_parser("labels", help="students' label files (from the notebook's labelling widget)")
     labels = p.add_subparsers(dest="labels_command", required=True)

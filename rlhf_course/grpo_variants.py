@@ -26,8 +26,7 @@ Every variant takes two optimiser steps per generated batch (`num_iterations=2`)
 policy never moves between sampling and the update, the probability ratio is exactly 1, and no clip
 (symmetric or higher) ever acts.
 
-    result = run_variant(profile, "dapo", steps=20)
-    result["eval"]   # gold reward, pass rate, KL to the SFT model, length on held-out how-to prompts
+    result = train_variant(profile, "dapo", steps=20)     # a TrainResult; `methods.evaluate_method` judges it
 """
 
 from __future__ import annotations
@@ -36,12 +35,13 @@ import random
 import time
 
 import torch
+from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from rlhf_course import toyworld
-from rlhf_course.evaluation import evaluate_policy
 from rlhf_course.grpo import train_grpo
 from rlhf_course.profiles import Profile
+from rlhf_course.sft import TrainResult
 
 # --- 1. the verifiable reward ------------------------------------------------------------------------
 
@@ -124,31 +124,43 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
         return kept
 
 
-def run_variant(profile: Profile, variant: str, *, steps: int = 20, model_id: str | None = None,
-                learning_rate: float = 3e-3, num_generations: int = 8, eval_n_per_prompt: int = 8,
-                seed: int = 0, progress: bool = False) -> dict:
-    """Train one variant with GRPO on the RLVR prompts (`steps_reward`), from the SFT model, and evaluate it
-    on the held-out how-to prompts: gold reward, the verifier's pass rate, KL to the SFT model, length (tokens).
-    Returns {"variant", "seconds", "history", "eval": {...}}."""
+class _KeepLogs(TrainerCallback):
+    """Every row TRL logs (train_grpo's history keeps only the rows with a reward: with two updates per
+    generated batch, the second update's row - where the clip acts - has none)."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.rows.append(dict(logs or {}, step=state.global_step))
+
+
+def train_variant(profile: Profile, variant: str, *, steps: int = 20, model_id: str | None = None,
+                  prompts: list | None = None, learning_rate: float = 3e-3, num_generations: int = 8,
+                  seed: int = 0, progress: bool = False) -> TrainResult:
+    """Train one variant with GRPO against the verifiable reward (`steps_reward`) on the RLVR training
+    prompts (`rlvr_prompts()[0]` unless given), from `model_id` (default: the SFT model), through
+    `grpo.train_grpo`. `history`: every logged row; `metrics`: train_grpo's, plus `train_seconds`,
+    `clip_ratio` (share of tokens clipped, over the updates where the clip can act) and, for dapo,
+    `informative` (share of sampled groups whose rewards were not all equal)."""
     from rlhf_course import checkpoints
-    from rlhf_course.loading import load_tokenizer
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
     settings = {**COMMON, **VARIANTS[variant]}
     dynamic = settings.pop("dynamic_sampling", False)
     beta = settings.pop("beta")
-    model_id = model_id or checkpoints.sft_model(profile)
-    train, held_out = rlvr_prompts()
+    logs = _KeepLogs()
     start = time.perf_counter()
-    result = train_grpo(profile, reward_fn=steps_reward, model_id=model_id, prompts=train, steps=steps,
-                        num_generations=num_generations, learning_rate=learning_rate, beta=beta, progress=progress,
-                        seed=seed, trainer_cls=DynamicSamplingGRPOTrainer if dynamic else None, **settings)
-    seconds = time.perf_counter() - start
-    tokenizer = load_tokenizer(profile, model_id)
-    evaluation = evaluate_policy(result.model, tokenizer, held_out, n_per_prompt=eval_n_per_prompt, seed=seed + 1,
-                                 reference="disable_adapter", reward_fn=steps_reward,
-                                 max_new_tokens=profile.max_new_tokens, temperature=profile.temperature).summary()
-    return {"variant": variant, "seconds": seconds, "history": result.history,
-            "eval": {"gold": evaluation["reward"], "pass_rate": evaluation["rm_score"],
-                     "kl": evaluation["kl"], "length": evaluation["length"]}}
+    result = train_grpo(profile, reward_fn=steps_reward, model_id=model_id or checkpoints.sft_model(profile),
+                        prompts=prompts or rlvr_prompts()[0], steps=steps, num_generations=num_generations,
+                        learning_rate=learning_rate, beta=beta, progress=progress, seed=seed, callbacks=[logs],
+                        trainer_cls=DynamicSamplingGRPOTrainer if dynamic else None, **settings)
+    result.metrics["train_seconds"] = time.perf_counter() - start
+    clipped = [r["clip_ratio/region_mean"] for r in logs.rows if "clip_ratio/region_mean" in r and "reward" not in r]
+    result.metrics["clip_ratio"] = sum(clipped) / len(clipped) if clipped else float("nan")
+    informative = [r["dynamic_sampling/informative"] for r in logs.rows if "dynamic_sampling/informative" in r]
+    if informative:
+        result.metrics["informative"] = sum(informative) / len(informative)
+    result.history = logs.rows
+    return result

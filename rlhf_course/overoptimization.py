@@ -39,6 +39,7 @@ from rlhf_course import checkpoints, toyworld
 from rlhf_course.best_of_n import best_of_n, best_of_n_kl, score_in_batches
 from rlhf_course.errors import CourseError
 from rlhf_course.evaluation import evaluate_policy
+from rlhf_course.parallel import start_jobs
 from rlhf_course.profiles import Profile
 
 RewardFn = Callable[[list, list], list[float]]
@@ -52,7 +53,7 @@ class LabConfig:
     n_max: int = 64                   # answers sampled per prompt; every n <= n_max is estimated from them
     bon_prompts: int = 40             # held-out prompts (toyworld.eval_prompts(), 40 in all)
     # PPO
-    ppo_steps: int = 30               # PPO iterations per run
+    ppo_steps: int = 25               # PPO iterations per run
     eval_every: int = 5               # evaluate on the held-out prompts every this many iterations
     eval_n_per_prompt: int = 2        # answers per held-out prompt at each evaluation
     weak_kl_coef: float = 0.01        # the over-optimised run: a KL penalty too weak to hold the policy
@@ -62,6 +63,7 @@ class LabConfig:
     ensemble: tuple[str, ...] = ("mean", "worst")  # ensemble aggregates to run (Coste et al.'s mean and WCO)
     remedies_ppo: bool = True         # also train PPO against each remedy (False: best-of-n remedies only)
     seed: int = 0
+    workers: int = 2                  # processes for the PPO runs (one thread each); 1 runs them in this process
 
     def __post_init__(self):
         assert self.n_max >= 2 and self.n_max & (self.n_max - 1) == 0, "n_max must be a power of two"
@@ -114,6 +116,19 @@ def draw(model, tokenizer, prompts: list, n_max: int, proxy: RewardFn, *, seed: 
     return Draw(texts, [r.samples for r in results], gold, {"proxy": [r.rewards for r in results]})
 
 
+def add_remedy_scores(d: Draw, members: list[str], length_penalty: float) -> None:
+    """The remedies as selectors over the same answers: "ensemble_mean" and "ensemble_worst" of the
+    members' scores (`ensemble_reward`, each member standardised over every answer of the draw), and
+    "length_penalty", the proxy minus `length_penalty` per token."""
+    scores = torch.tensor([[x for row in d.scores[m] for x in row] for m in members])      # (k, prompts * n)
+    n = len(d.completions[0])
+    for aggregate in ("mean", "worst"):
+        flat = ensemble_reward(scores, aggregate).tolist()
+        d.scores[f"ensemble_{aggregate}"] = [flat[i * n:(i + 1) * n] for i in range(len(d.prompts))]
+    d.scores["length_penalty"] = [[s - length_penalty * c.n_tokens for s, c in zip(srow, crow)]
+                                  for srow, crow in zip(d.scores["proxy"], d.completions)]
+
+
 def best_of_n_curve(d: Draw, select_by: str = "proxy", ns: list[int] | None = None) -> list[dict]:
     """For each n: the KL of best-of-n, and the mean over prompts of the selector's score, the gold reward
     and the length (tokens) of the selector's pick. One row per n: {"n", "kl", "proxy", "gold", "length"}."""
@@ -129,6 +144,17 @@ def best_of_n_curve(d: Draw, select_by: str = "proxy", ns: list[int] | None = No
 
 
 # --- 2. the remedies as reward functions -----------------------------------------------------------
+
+def ensemble_reward(scores: torch.Tensor, aggregate: str = "mean") -> torch.Tensor:
+    """Combine k reward models' scores of the same N answers, (k, N) -> (N,): put each member on one scale
+    (mean 0, std 1 over the N answers: a Bradley-Terry reward is defined only up to a shift and its scale
+    is arbitrary), then take the mean ("mean") or the lowest ("worst", Coste et al.'s worst-case
+    optimisation, WCO) over the members, answer by answer."""
+    assert scores.dim() == 2 and scores.shape[1] > 1, "scores: (k members, N answers), N > 1"
+    assert aggregate in ("mean", "worst"), f"aggregate must be 'mean' or 'worst', not {aggregate!r}"
+    z = (scores - scores.mean(dim=1, keepdim=True)) / (scores.std(dim=1, keepdim=True) + 1e-6)   # (k, N)
+    return z.mean(dim=0) if aggregate == "mean" else z.min(dim=0).values                          # (N,)
+
 
 class Ensemble:
     """An ensemble of reward models (Coste et al. 2023, arXiv:2310.02743, Sec. 4): "mean" averages the
@@ -151,7 +177,8 @@ class Ensemble:
         return self
 
     def member_scores(self, prompts: list, completions: list) -> torch.Tensor:
-        """(k, B): each member's standardised score of each answer."""
+        """(k, B): each member's score of each answer, on the calibration set's scale (a batch of PPO's
+        rollouts is too small, and too uniform late in training, to standardise on by itself)."""
         return torch.tensor([[(r - self.shift[i]) / self.scale[i] for r in m(prompts, completions)]
                              for i, m in enumerate(self.members)])
 
@@ -173,8 +200,10 @@ def length_penalised(reward_fn: RewardFn, coef: float) -> RewardFn:
 # --- 3. the functional forms (Gao et al. 2022, Sec. 3) -----------------------------------------------
 
 def _fit(features: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
-    alpha, minus_beta = torch.linalg.lstsq(features, target.unsqueeze(1)).solution.squeeze(1).tolist()
-    return alpha, -minus_beta
+    """Least squares through the origin: features (N, 2) hold d and -d^2 (or -d log d), so the two
+    coefficients are alpha and beta themselves."""
+    alpha, beta = torch.linalg.lstsq(features, target.unsqueeze(1)).solution.squeeze(1).tolist()
+    return alpha, beta
 
 
 def fit_best_of_n(d: list[float], gain: list[float]) -> tuple[float, float]:
@@ -278,6 +307,13 @@ def ppo_curve(profile: Profile, tokenizer, *, reward: str = "proxy", kl_coef: fl
     return rows
 
 
+def ppo_job(profile: Profile, kwargs: dict) -> list[dict]:
+    """`ppo_curve` with its own tokenizer: a job for `parallel.start_jobs`."""
+    from rlhf_course.loading import load_tokenizer
+
+    return ppo_curve(profile, load_tokenizer(profile, checkpoints.sft_model(profile)), **kwargs)
+
+
 # --- 5. the whole lab --------------------------------------------------------------------------------
 
 def run_lab(profile: Profile, config: LabConfig = LabConfig(), progress: bool = True) -> dict:
@@ -300,6 +336,17 @@ def run_lab(profile: Profile, config: LabConfig = LabConfig(), progress: bool = 
                            tokenizer)
     sample = dict(max_new_tokens=profile.max_new_tokens, temperature=profile.temperature)
 
+    # 2. (started first, so that they run in other processes while this one does best-of-n) PPO with a weak
+    #    KL penalty, and the same against each remedy: independent runs
+    run = dict(steps=config.ppo_steps, eval_every=config.eval_every, eval_n_per_prompt=config.eval_n_per_prompt,
+               seed=config.seed, progress=progress)
+    jobs = {"weak_kl": dict(kl_coef=config.weak_kl_coef)}
+    if config.remedies_ppo:
+        jobs["kl_penalty"] = dict(kl_coef=config.kl_coef)
+        jobs |= {f"ensemble_{a}": dict(reward=f"ensemble_{a}", kl_coef=config.weak_kl_coef) for a in config.ensemble}
+        jobs["length_penalty"] = dict(kl_coef=config.weak_kl_coef, length_penalty=config.length_penalty)
+    collect = start_jobs({name: (ppo_job, (profile, {**run, **kw})) for name, kw in jobs.items()}, config.workers)
+
     # 1. best-of-n: one draw of n_max answers per prompt gives every n
     prompts = [p.text for p in toyworld.eval_prompts()[: config.bon_prompts]]
     d = draw(policy, tokenizer, prompts, config.n_max, rms[0], seed=config.seed, **sample)
@@ -315,34 +362,13 @@ def run_lab(profile: Profile, config: LabConfig = LabConfig(), progress: bool = 
                   f"length {r['length']:.1f}", flush=True)
 
     # the remedies for best-of-n: other selectors over the same answers
-    standardised = []
-    for name in ["proxy"] + [f"member{i}" for i in range(1, len(rms))]:  # the same scale as `Ensemble`
-        s = torch.tensor(d.scores[name])                                  # (prompts, n_max)
-        standardised.append((s - s.mean()) / (s.std() + 1e-6))
-    stacked = torch.stack(standardised)                                   # (k, prompts, n_max)
-    d.scores["ensemble_mean"] = stacked.mean(dim=0).tolist()
-    d.scores["ensemble_worst"] = stacked.min(dim=0).values.tolist()
-    d.scores["length_penalty"] = [[s - config.length_penalty * c.n_tokens for s, c in zip(srow, crow)]
-                                  for srow, crow in zip(d.scores["proxy"], d.completions)]
+    add_remedy_scores(d, ["proxy"] + [f"member{i}" for i in range(1, len(rms))], config.length_penalty)
     remedies_bon = {name: best_of_n_curve(d, name) for name in
                     [f"ensemble_{a}" for a in config.ensemble] + ["length_penalty"]}
 
-    # 2. PPO with a weak KL penalty, then the remedies
-    t1 = time.perf_counter()
-    run = dict(steps=config.ppo_steps, eval_every=config.eval_every, eval_n_per_prompt=config.eval_n_per_prompt,
-               seed=config.seed, progress=progress)
-    ppo = ppo_curve(profile, tokenizer, kl_coef=config.weak_kl_coef, **run)
-    seconds["ppo"] = time.perf_counter() - t1
-    remedies_ppo = {}
-    if config.remedies_ppo:
-        t2 = time.perf_counter()
-        remedies_ppo["kl_penalty"] = ppo_curve(profile, tokenizer, kl_coef=config.kl_coef, **run)
-        for a in config.ensemble:
-            remedies_ppo[f"ensemble_{a}"] = ppo_curve(profile, tokenizer, reward=f"ensemble_{a}",
-                                                      kl_coef=config.weak_kl_coef, **run)
-        remedies_ppo["length_penalty"] = ppo_curve(profile, tokenizer, kl_coef=config.weak_kl_coef,
-                                                   length_penalty=config.length_penalty, **run)
-        seconds["remedies_ppo"] = time.perf_counter() - t2
+    ppo_curves = collect()
+    ppo, remedies_ppo = ppo_curves.pop("weak_kl"), ppo_curves
+    seconds["ppo_runs"] = time.perf_counter() - t0
 
     seconds["total"] = time.perf_counter() - t0
     return {
@@ -358,3 +384,92 @@ def run_lab(profile: Profile, config: LabConfig = LabConfig(), progress: bool = 
         "config": asdict(config),
         "seconds": seconds,
     }
+
+
+# --- 6. plots and the lab's files ---------------------------------------------------------------------
+
+def plot_curve(rows: list[dict], fit: dict | None = None, *, title: str, ax=None):
+    """Proxy and gold reward against d = sqrt(KL): the gold reward's points with the fitted form drawn
+    through them (left axis), the proxy on a second axis. Returns the figure (closed, shown once)."""
+    import matplotlib.pyplot as plt
+
+    from rlhf_course import plots  # noqa: F401  (chooses a file backend outside notebooks)
+
+    own = ax is None
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), layout="constrained") if own else (ax.figure, ax)
+    d = [math.sqrt(max(r["kl"], 0.0)) for r in rows]
+    ax.plot(d, [r["gold"] for r in rows], "o", color="C0", label="gold (ground truth)")
+    if fit is not None:
+        form = best_of_n_form if fit["form"] == "best_of_n" else rl_form
+        grid = [max(d) * i / 100 for i in range(1, 101)]
+        ax.plot(grid, [fit["gold_start"] + form(x, fit["alpha"], fit["beta"]) for x in grid], "-", color="C0",
+                alpha=0.7, label=f"fit d(α - β{'d' if fit['form'] == 'best_of_n' else ' log d'}): "
+                                 f"α={fit['alpha']:.2f}, β={fit['beta']:.2f}")
+    ax.set(xlabel="d = √KL (√nats)", ylabel="gold reward", title=title)
+    ax.grid(alpha=0.3)
+    twin = ax.twinx()
+    twin.plot(d, [r["proxy"] for r in rows], "s--", color="C3", ms=4, label="proxy (reward model)")
+    twin.set_ylabel("proxy reward-model score", color="C3")
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, fontsize="small", loc="lower center")
+    if own:
+        plt.close(fig)
+    return fig
+
+
+def plot_remedies(curves: dict[str, list[dict]], *, title: str, ax=None):
+    """Gold reward against d = sqrt(KL), one line per run (the over-optimised run and its remedies)."""
+    import matplotlib.pyplot as plt
+
+    from rlhf_course import plots  # noqa: F401
+
+    own = ax is None
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), layout="constrained") if own else (ax.figure, ax)
+    for i, (name, rows) in enumerate(curves.items()):
+        ax.plot([math.sqrt(max(r["kl"], 0.0)) for r in rows], [r["gold"] for r in rows], "o-", ms=4,
+                color=f"C{i}", label=name)
+    ax.set(xlabel="d = √KL (√nats)", ylabel="gold reward", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    if own:
+        plt.close(fig)
+    return fig
+
+
+def write_lab(out_dir, profile: Profile | str | None = None, config: LabConfig = LabConfig(),
+              progress: bool = True) -> dict:
+    """`rlhf-course overoptimization --out DIR`: run the lab, write DIR/overoptimization.json and the plots
+    DIR/best_of_n.png, DIR/ppo.png, DIR/remedies.png."""
+    import json
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    from rlhf_course.profiles import pick_profile
+
+    profile = profile if isinstance(profile, Profile) else pick_profile(profile)
+    threads = torch.get_num_threads()
+    if config.workers > 1:
+        torch.set_num_threads(1)  # this process samples best-of-n while the workers train: one core each
+    try:
+        lab = run_lab(profile, config, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "overoptimization.json").write_text(json.dumps(lab, indent=1))
+    plot_curve(lab["best_of_n"], lab["fits"]["best_of_n"],
+               title=f"Best-of-n, n = 1 ... {config.n_max}").savefig(out / "best_of_n.png", dpi=120)
+    plot_curve(lab["ppo"], lab["fits"]["ppo"],
+               title=f"PPO, kl_coef {config.weak_kl_coef:g}").savefig(out / "ppo.png", dpi=120)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    plot_remedies({"proxy (length-biased RM)": lab["best_of_n"], **lab["remedies"]["best_of_n"]},
+                  title="Best-of-n: remedies", ax=axes[0])
+    plot_remedies({f"kl_coef {config.weak_kl_coef:g}": lab["ppo"], **lab["remedies"]["ppo"]},
+                  title="PPO: remedies", ax=axes[1])
+    fig.savefig(out / "remedies.png", dpi=120)
+    plt.close(fig)
+    if progress:
+        shape = ", ".join(f"{k} {v}" for k, v in lab["shape"].items())
+        print(f"wrote {out / 'overoptimization.json'} and 3 plots in {lab['seconds']['total']:.0f}s ({shape})")
+    return lab

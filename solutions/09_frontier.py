@@ -1,0 +1,506 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 9. The frontier: reward over-optimisation, GRPO's variants with verifiable rewards, the DPO family
+#
+# Every earlier notebook optimised a *proxy*: a reward model trained on labels. This one measures what
+# that costs, with something no other course has: the toy world's **gold reward**, known exactly. You will
+# watch the proxy keep rising while the gold reward peaks and falls - for best-of-n and for PPO - fit the
+# functional forms of Gao, Schulman and Hilton (2022), and try the remedies on the same axes: the KL
+# penalty, an ensemble of reward models, a length penalty. Then the methods a 2026 practitioner reaches
+# for: GRPO with a **verifiable reward** and its variants (β = 0, Dr. GRPO, DAPO), the **DPO family**
+# (IPO, SimPO, KTO, ORPO), and **online** DPO against offline DPO at the same labelling budget.
+#
+# **Learning goals**
+# - measure reward over-optimisation: proxy and gold reward against $d = \sqrt{\mathrm{KL}}$ for best-of-n
+#   (KL $= \log n - (n-1)/n$) and along a PPO run, and fit Gao et al.'s forms $d(\alpha - \beta d)$ and
+#   $d(\alpha - \beta \log d)$;
+# - compare the remedies on the same axes: a stronger KL penalty, a reward-model ensemble (mean and worst
+#   case; Coste et al. 2023), a length penalty against the labellers' verbosity bias - and say which
+#   failure each one addresses;
+# - write a verifiable reward and run GRPO's variants as switches of TRL's `GRPOConfig`: `beta`,
+#   `loss_type="dr_grpo"` with `scale_rewards="none"`, `epsilon_high` and dynamic sampling (DAPO);
+# - write SimPO's loss, and know what KTO and ORPO change; read a methods table with seeds and spread.
+#
+# **Prerequisites**: notebook 6 (PPO, the KL penalty, the length-biased reward model), notebook 7 (DPO,
+# IPO) and notebook 8 (best-of-n, GRPO). The SFT model and the reward models load from
+# `rlhf_course.checkpoints`: nothing to retrain. No GPU is needed.
+#
+# **Estimated time**: 60 minutes to work through. The notebook runs in about 1.5 minutes on a laptop CPU
+# (tiny profile); the full-size runs behind its two tables take longer and run from the command line.
+
+# %%
+# SETUP CELL (inserted by rlhf_course.exercises)
+
+# %%
+import math
+import warnings
+from statistics import mean
+
+import datasets
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from transformers.utils import logging as hf_logging
+
+from rlhf_course import checkpoints, dpo_family, grpo_variants, methods, toyworld
+from rlhf_course import overoptimization as oo
+from rlhf_course import reward_model as rm
+from rlhf_course.best_of_n import best_of_n_kl
+from rlhf_course.checks.nb09_frontier import (check_ensemble_reward, check_fit_best_of_n, check_simpo_loss,
+                                              check_steps_in_order)
+from rlhf_course.loading import load_policy, load_tokenizer
+
+# %%
+warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not our business here
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", category=UserWarning)
+datasets.disable_progress_bars()
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+GOLD = profile.has_ground_truth  # the toy world's exact reward: the tiny profile only
+SKIP = ("skipped: this cell measures against the toy world's gold reward, which the {} profile does not have "
+        "(a 7B answers in free text; its judge is an independent reward model, not a gold reward)").format(profile.name)
+# how long each live run trains here (the full-size runs: `rlhf-course overoptimization`, benchmarks/methods_table.py)
+SIZES = dict(bon_prompts=16, n_max=64, ppo_steps=20, eval_every=5, family_steps=12, family_batch=16, grpo_steps=8)
+
+# %% [markdown]
+# We start from the course's SFT model (notebook 3). The **proxy** is the reward model of notebook 6 that
+# learned its labellers' taste for long answers (`checkpoints.reward_model(profile, "length_biased")`):
+# each extra sentence was worth 0.25 to them, whatever it said. Three more reward models were trained the
+# same way, each on its own bootstrap sample of those labels with its own seed: with the first, an
+# ensemble of four (`checkpoints.reward_model_ensemble`, shipped with the course).
+
+# %%
+sft_path = checkpoints.sft_model(profile)
+tokenizer = load_tokenizer(profile, sft_path)
+policy = load_policy(profile, lora=False, model_id=sft_path, verbose=False)
+if GOLD:
+    members = [rm.reward_fn(rm.load_trained_reward_model(profile, path, verbose=False), tokenizer)
+               for path in checkpoints.reward_model_ensemble(profile)]
+    proxy = members[0]  # the length-biased reward model of notebook 6
+    print(f"{len(members)} length-biased reward models; the proxy is the first")
+else:
+    print(SKIP)
+
+# %% [markdown]
+# ## 1. Proxy and gold: reward over-optimisation
+#
+# Gao et al. (2022, arXiv:2210.10760) trained a large "gold" reward model on labels, used it to label data
+# for smaller "proxy" reward models, optimised policies against the proxies, and measured both rewards as
+# the policy moved away from where it started. Their x-axis is $d = \sqrt{\mathrm{KL}(\pi \,\|\, \pi_{\mathrm{init}})}$,
+# and the gold reward followed two simple forms, with $R$ the gold reward minus the initial policy's:
+#
+# $$R_{\text{best-of-}n}(d) = d\,(\alpha - \beta d), \qquad R_{\mathrm{RL}}(d) = d\,(\alpha - \beta \log d).$$
+#
+# Both rise, peak, and fall: past some distance, optimising the proxy harder makes the policy *worse*.
+# Their proxy was itself learned from a model; ours is the real thing's simulation, and our gold reward
+# is exact.
+#
+# ### 1.1 Best-of-n
+#
+# One draw of 64 answers per prompt from the SFT model (16 held-out prompts), scored by the proxy, gives
+# every $n \le 64$: the expected gold reward of the proxy's favourite among $n$ answers is an average over
+# all subsets of $n$ (`oo.expected_pick`, the estimator of notebook 8). Best-of-n's KL is analytic:
+# $\log n - (n-1)/n$.
+
+# %%
+if GOLD:
+    bon_prompts = [p.text for p in toyworld.eval_prompts()[: SIZES["bon_prompts"]]]
+    draw = oo.draw(policy, tokenizer, bon_prompts, SIZES["n_max"], proxy, seed=0,
+                   max_new_tokens=profile.max_new_tokens, temperature=profile.temperature)
+    bon = oo.best_of_n_curve(draw)
+else:
+    print(SKIP)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+if GOLD:
+    print(pd.DataFrame(bon).round(3).to_string(index=False))
+
+# %%
+if GOLD:  # two facts that do not depend on the sample
+    print("the proxy's score of its pick never falls as n grows:", all(a["proxy"] <= b["proxy"] for a, b in zip(bon, bon[1:])))
+    print("KL column = log n - (n-1)/n:", all(abs(r["kl"] - best_of_n_kl(r["n"])) < 1e-12 for r in bon))
+
+# %% [markdown]
+# ### Exercise 9.1 — Fit Gao et al.'s best-of-n form
+# *Difficulty ●●○ · importance: medium (the forms summarise a whole curve in two numbers, and give the
+# peak) · about 10 minutes · checked against `rlhf_course.overoptimization.fit_best_of_n` on three noisy
+# curves; common mistakes are named.*
+#
+# Given $d$ and the gain $R = $ gold $-$ gold at $d = 0$, return the least-squares $(\alpha, \beta)$ of
+# $R(d) = d(\alpha - \beta d) = \alpha d - \beta d^2$. It is linear in $(\alpha, \beta)$: two features, and no
+# intercept (the gain is 0 at $d = 0$ by definition).
+
+# %%
+def fit_best_of_n(d: list[float], gain: list[float]) -> tuple[float, float]:
+    """Least squares (alpha, beta) of gain = d (alpha - beta d)."""
+    assert len(d) == len(gain) >= 2
+    # SOLUTION
+    # STUB return 0.0, 0.0
+    # HINT torch.linalg.lstsq(A, b) solves min ||A x - b||; A's columns are d and -d**2 (float64 tensors)
+    d_t, r = torch.tensor(d, dtype=torch.float64), torch.tensor(gain, dtype=torch.float64)
+    features = torch.stack([d_t, -d_t**2], dim=1)                      # (N, 2)
+    alpha, beta = torch.linalg.lstsq(features, r.unsqueeze(1)).solution.squeeze(1).tolist()
+    return alpha, beta
+    # END SOLUTION
+
+
+# %%
+check_fit_best_of_n(fit_best_of_n)
+
+# %% [markdown]
+# The fitted curve through the measured points (the package's `oo.fit_curve` does the same fit), with the
+# proxy on the right axis:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+if GOLD:
+    bon_fit = oo.fit_curve(bon, "best_of_n")
+    print(f"alpha {bon_fit['alpha']:.3f}, beta {bon_fit['beta']:.3f}: the fitted gold reward peaks at "
+          f"d = {bon_fit['d_peak']:.2f}, KL {bon_fit['kl_peak']:.2f} nats (n = 1 ... {SIZES['n_max']} spans KL 0 ... "
+          f"{bon[-1]['kl']:.2f})")
+    display(oo.plot_curve(bon, bon_fit, title=f"Best-of-n against the length-biased proxy"))
+
+# %% [markdown]
+# The proxy climbs with every doubling of $n$; the gold reward climbs too at first - the proxy is right
+# more often than not - then flattens near $n = 16$ to $32$, and in most draws bends down by $n = 64$. The
+# fall is mild on this toy world, and how mild depends on the draw: over four disjoint draws of 64
+# answers per prompt on the 40 held-out prompts we measured the gold reward of best-of-64 between 0.05
+# below and 0.04 above its best-of-32 value. Two reasons. Best-of-n moves slowly, $\log n$: even $n = 64$
+# is only 3.2 nats from the SFT model. And it can only pick among the SFT model's own answers, which are
+# well formed: a longer answer there usually carries more tips as well as more filler, so the proxy's
+# taste for length is often right. To see the fall clearly, a policy has to move further.
+#
+# ### 1.2 PPO with a weak KL penalty
+#
+# PPO (notebook 6's trainer, `ppo.PPOTrainer`) against the same proxy with `kl_coef = 0.01`, evaluated
+# every 5 iterations on the 40 held-out prompts: the KL to the SFT model, the proxy's mean score and the
+# gold reward (`oo.ppo_curve`).
+
+# %%
+if GOLD:
+    weak = oo.ppo_curve(profile, tokenizer, kl_coef=0.01, steps=SIZES["ppo_steps"], eval_every=SIZES["eval_every"])
+else:
+    print(SKIP)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+if GOLD:
+    ppo_fit = oo.fit_curve(weak, "rl")
+    print(pd.DataFrame(weak).round(3).to_string(index=False))
+    display(oo.plot_curve(weak, ppo_fit, title="PPO, kl_coef 0.01, against the length-biased proxy"))
+
+# %% [markdown]
+# Read the table from top to bottom: the proxy rises at every evaluation, the answers get longer, and the
+# gold reward rises for the first ten iterations (a gain of about 0.2), then falls while the KL jumps by
+# several nats. The policy has found what the proxy likes and the gold reward does not: longer answers,
+# then answers that leave the SFT model's distribution altogether, where the reward model was never
+# trained and its scores mean nothing. This is Gao et al.'s RL curve. Its fitted peak tells you how far it
+# paid to go - a number that only a gold reward can give, which is why real RLHF watches a held-out judge.
+#
+# ## 2. The remedies, on the same axes
+#
+# **The KL penalty.** The same run with `kl_coef = 0.2` (the pipeline's value): each nat of drift now costs
+# reward, so the policy stops where its gain in proxy no longer pays for the distance.
+
+# %%
+if GOLD:
+    leashed = oo.ppo_curve(profile, tokenizer, kl_coef=0.2, steps=SIZES["ppo_steps"], eval_every=SIZES["eval_every"])
+else:
+    print(SKIP)
+
+# %% [markdown]
+# **An ensemble of reward models** (Coste et al. 2023, "Reward model ensembles help mitigate
+# overoptimization", arXiv:2310.02743). Several reward models trained on the same kind of labels make
+# different errors; optimise their **mean** and the errors partly cancel, or their **worst case** (WCO: the
+# lowest member's score) and the policy gains only where every member agrees. Members trained apart have
+# their own offsets and scales (a Bradley-Terry reward is defined only up to a shift), so each is first
+# standardised.
+#
+# ### Exercise 9.2 — Combine an ensemble
+# *Difficulty ●○○ · importance: medium · about 5 minutes · checked against
+# `rlhf_course.overoptimization.ensemble_reward` on members of very different scales, both aggregates.*
+#
+# `scores[i, j]` is member $i$'s score of answer $j$, shape $(k, N)$. Standardise each member over the $N$
+# answers (mean 0, sample standard deviation 1; add 1e-6 to the std), then return, per answer, the mean
+# over the members (`aggregate="mean"`) or the minimum (`"worst"`). Do not change `scores`.
+
+# %%
+def ensemble_reward(scores: torch.Tensor, aggregate: str = "mean") -> torch.Tensor:
+    """(k members, N answers) -> (N,): each member standardised over the answers, then the mean or the min."""
+    assert scores.dim() == 2 and aggregate in ("mean", "worst")
+    # SOLUTION
+    # STUB return scores.mean(dim=0)
+    # HINT scores.mean(dim=1, keepdim=True) and scores.std(dim=1, keepdim=True) are each member's; .min(dim=0).values
+    z = (scores - scores.mean(dim=1, keepdim=True)) / (scores.std(dim=1, keepdim=True) + 1e-6)   # (k, N)
+    return z.mean(dim=0) if aggregate == "mean" else z.min(dim=0).values
+    # END SOLUTION
+
+
+# %%
+check_ensemble_reward(ensemble_reward)
+
+# %% [markdown]
+# **A length penalty** (Singhal et al. 2023, "A long way to go: investigating length correlations in RLHF",
+# arXiv:2310.03716): the labellers' bias is known - they liked length - so subtract it, $r - \lambda |y|$,
+# with $\lambda = 0.05$ reward-model units per token (about half the proxy's own slope on length, which we
+# measured at 0.09 per token over the SFT model's answers at fixed gold reward).
+#
+# For best-of-n every remedy is another way to pick among the same 64 answers, so it costs one more
+# scoring of the draw (three more reward models for the ensemble) and no more sampling:
+
+# %%
+if GOLD:
+    for i, member in enumerate(members[1:], start=1):
+        draw.score(f"member{i}", member)
+    oo.add_remedy_scores(draw, ["proxy"] + [f"member{i}" for i in range(1, len(members))], length_penalty=0.05)
+    bon_remedies = {name: oo.best_of_n_curve(draw, name) for name in ("ensemble_mean", "ensemble_worst", "length_penalty")}
+else:
+    print(SKIP)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+if GOLD:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    oo.plot_remedies({"proxy": bon, **bon_remedies}, title="Best-of-n: pick by ...", ax=axes[0])
+    oo.plot_remedies({"kl_coef 0.01": weak, "kl_coef 0.2": leashed}, title="PPO: the KL penalty", ax=axes[1])
+    plt.close(fig)
+    display(fig)
+    gold_at = {name: rows[-1]["gold"] for name, rows in {"proxy": bon, **bon_remedies}.items()}
+    print("best-of-64's gold reward, picked by:", {k: round(v, 3) for k, v in gold_at.items()})
+    print(f"PPO at the last evaluation: kl_coef 0.01 gold {weak[-1]['gold']:.3f} at KL {weak[-1]['kl']:.1f}; "
+          f"kl_coef 0.2 gold {leashed[-1]['gold']:.3f} at KL {leashed[-1]['kl']:.1f}")
+
+# %%
+if GOLD:
+    print("the KL penalty kept the policy closer to the SFT model:", leashed[-1]["kl"] < weak[-1]["kl"])
+
+# %% [markdown]
+# What the full-size lab measured (`rlhf-course overoptimization --out DIR`: 40 prompts, best-of-n up to
+# 64, five PPO runs of 30 iterations, one seed; on the 2-core machine under load from other jobs):
+#
+# | PPO against the length-biased proxy | gold at the peak (KL) | gold at iteration 30 (KL) | length at 30 |
+# |---|---:|---:|---:|
+# | kl_coef 0.01 (over-optimised) | 0.56 (1.9) | 0.37 (9.6) | 36 |
+# | kl_coef 0.2 (the KL penalty) | 0.59 (1.9), still rising | 0.59 (1.9) | 33 |
+# | ensemble of 4, mean | 0.57 (2.0) | 0.48 (14.2) | 41 |
+# | ensemble of 4, worst case | 0.51 (1.1) | 0.16 (25.8) | 42 |
+# | length penalty 0.05 / token | 0.54 (2.7) | 0.26 (11.2) | 35 |
+#
+# Each remedy answers a different failure. The **KL penalty** is the only one that held the gold reward
+# here: it limits *how far* the policy goes, whatever the proxy's error. The **ensemble mean** delayed and
+# softened the fall (its members' independent errors partly cancel) but did not stop it: all four learned
+# the *same* bias from the same labellers, and averaging cannot remove an error every member shares. The
+# **worst case** did worse than a single model in this run: with almost no KL penalty, the policy chased
+# whichever member was lowest on each answer and drifted further. Coste et al. pair ensembles with a KL
+# penalty, and so should you. The **length penalty** removed part of the bias (shorter answers than the
+# plain run at the same iteration), but not the drift off the SFT model's distribution that followed; a
+# penalty of the full measured slope, or one combined with the KL penalty, is the exercise below.
+#
+# **Question.** The ensemble's members were trained on bootstrap samples of the same biased labels. What
+# would you change so that an ensemble protects against the verbosity bias too?
+#
+# <!-- SOLUTION -->
+# Make the members' errors independent where it matters: train them on labels from different labellers
+# (or different instructions), so that not all of them share the taste for length; or add a member that
+# is blind to length (e.g. a reward model trained on length-matched pairs). An ensemble removes variance,
+# not a bias its members share; for a known bias, correct it directly (the length penalty) and keep a
+# KL penalty for the unknown ones.
+# <!-- END SOLUTION -->
+#
+# ## 3. GRPO's variants, with a verifiable reward
+#
+# **RLVR** - reinforcement learning with verifiable rewards (Tülu 3, arXiv:2411.15124; DeepSeek-R1,
+# arXiv:2501.12948) - swaps the learned reward model for a program that checks the answer. Nothing learned,
+# so no reward model to over-optimise - but a program checks only what it checks. The toy world's
+# checkable task: *a how-to answer is correct when it gives at least three of the task's own steps, in
+# the order a how-to gives them, and nothing else, and it ended.* The gold reward also pays for a fourth
+# and a fifth step, which the rule does not ask for.
+#
+# ### Exercise 9.3 — A verifiable reward
+# *Difficulty ●○○ · importance: high (in RLVR the checker IS the reward: every hole in it is a hole the
+# policy can find) · about 10 minutes · checked on ten hand-made answers, from right to subtly wrong.*
+#
+# `toyworld.TIPS[prompt.task]` lists the task's steps in order; `toyworld.split_sentences(response)` gives
+# the answer's sentences.
+
+# %%
+def steps_in_order(prompt: toyworld.Prompt, response: str, ended: bool = True) -> bool:
+    """True if the answer ended, every sentence is one of the task's steps, none repeated, at least three,
+    in the order TIPS lists them."""
+    steps = toyworld.TIPS[prompt.task]
+    sentences = toyworld.split_sentences(response)
+    # SOLUTION
+    # STUB return len(sentences) >= 3
+    # HINT check ended, the count and membership first; then the steps' indices must be strictly increasing
+    if not ended or len(sentences) < 3 or not all(s in steps for s in sentences):
+        return False
+    order = [steps.index(s) for s in sentences]
+    return all(a < b for a, b in zip(order, order[1:]))
+    # END SOLUTION
+
+
+# %%
+check_steps_in_order(steps_in_order)
+
+# %% [markdown]
+# **The variants** are switches of TRL's `GRPOConfig` (TRL 1.16 names), passed through
+# `grpo.train_grpo` by `grpo_variants.train_variant`:
+#
+# | variant | what changes | `GRPOConfig` |
+# |---|---|---|
+# | GRPO (DeepSeekMath, arXiv:2402.03300) | $\hat A_i = (r_i - \bar r)/\sigma$; each answer's token losses averaged over its own length; a k3 KL in the loss | `loss_type="grpo"`, `scale_rewards="group"`, `beta=0.04` |
+# | GRPO, β = 0 | no KL term, no reference forward pass | `beta=0.0` |
+# | Dr. GRPO (arXiv:2503.20783) | no $1/|o_i|$ (it favours short right answers and long wrong ones) and no $1/\sigma$ (it over-weights too easy and too hard prompts) | `loss_type="dr_grpo"`, `scale_rewards="none"` |
+# | DAPO (arXiv:2503.14476) | clip-higher $\varepsilon_{\text{low}} = 0.2$, $\varepsilon_{\text{high}} = 0.28$; token-level averaging over the batch; truncated answers masked; dynamic sampling; no KL | `epsilon_high=0.28`, `loss_type="dapo"`, `mask_truncated_completions=True`, and `DynamicSamplingGRPOTrainer` |
+#
+# TRL 1.16 has no switch for **dynamic sampling**: a group whose answers all pass (or all fail) has advantage
+# 0 for every answer and teaches nothing. `grpo_variants.DynamicSamplingGRPOTrainer` over-samples twice the
+# prompts and keeps the groups whose rewards are not all equal. And every variant takes two optimiser steps
+# per generated batch (`num_iterations=2`): with one, the policy has not moved since sampling, the ratio
+# $\pi/\pi_{\text{old}}$ is exactly 1, and no clip - symmetric or higher - ever acts.
+#
+# A short run of each, from the SFT model, on the 48 training how-to prompts:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+if GOLD:
+    grpo_runs = {}
+    for variant in grpo_variants.VARIANTS:
+        with methods._quiet():
+            result = grpo_variants.train_variant(profile, variant, steps=SIZES["grpo_steps"], seed=0)
+        grpo_runs[variant] = {**methods.evaluate_method(result.model, tokenizer, profile, n_per_prompt=1),
+                              "clip_ratio": result.metrics["clip_ratio"],
+                              "informative": result.metrics.get("informative", math.nan),
+                              "seconds": result.metrics["train_seconds"]}
+    print(pd.DataFrame(grpo_runs).T.round(3).to_string())
+else:
+    print(SKIP)
+
+# %% [markdown]
+# Eight steps are enough to see the machinery, not to rank the variants: that takes longer runs and several
+# seeds (the table in Section 5). Read `clip_ratio` (the share of tokens whose ratio left the clip range, on
+# the second update of each batch: 0 for every variant without `num_iterations=2`) and `informative` (the
+# share of sampled groups dynamic sampling kept: it falls as the policy learns and more groups pass whole).
+#
+# ## 4. The DPO family
+#
+# DPO's successors each change one thing (`rlhf_course.dpo_family`, each loss checked against TRL 1.16 on
+# the same batch to 1e-5 in `tests/test_dpo_family.py`):
+#
+# | loss | changes | reference model | TRL 1.16 |
+# |---|---|---|---|
+# | IPO (arXiv:2310.12036) | a squared loss on the log-ratio gap, which cannot grow forever | yes | `DPOTrainer(loss_type="ipo")` |
+# | SimPO (arXiv:2405.14734) | reward = $\frac{\beta}{|y|}\log\pi(y|x)$, the average log-probability; a margin $\gamma$ | **no** | `trl.experimental.cpo.CPOTrainer(loss_type="simpo")` |
+# | KTO (arXiv:2402.01306) | no pairs: each answer desirable or not, against a reference point $z_0 = \mathrm{KL}(\pi\|\pi_{\mathrm{ref}})$ | yes | `KTOTrainer` |
+# | ORPO (arXiv:2403.07691) | SFT loss $+\ \lambda \cdot$ a log odds-ratio term; no separate SFT stage | **no** | `trl.experimental.orpo.ORPOTrainer` |
+#
+# ### Exercise 9.4 — SimPO's loss
+# *Difficulty ●●○ · importance: medium · about 10 minutes · checked against
+# `rlhf_course.dpo_family.simpo_loss` on random log-probabilities and lengths; values, rewards and gradient.*
+#
+# SimPO, Eq. 6 of arXiv:2405.14734:
+# $\;\mathcal{L} = -\log\sigma\!\left(\frac{\beta}{|y_w|}\log\pi(y_w|x) - \frac{\beta}{|y_l|}\log\pi(y_l|x) - \gamma\right)$,
+# averaged over the pairs. Return the loss and the implicit rewards $\frac{\beta}{|y|}\log\pi(y|x)$ of both
+# answers, detached.
+
+# %%
+def simpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+               chosen_lengths: torch.Tensor, rejected_lengths: torch.Tensor,
+               beta: float = 2.0, gamma: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed log-probs and lengths (B,) -> (loss, chosen_rewards, rejected_rewards)."""
+    B = policy_chosen_logps.shape[0]
+    assert policy_chosen_logps.shape == policy_rejected_logps.shape == chosen_lengths.shape == (B,)
+    # SOLUTION
+    # STUB return torch.tensor(0.0), torch.zeros(B), torch.zeros(B)
+    # HINT rewards first (divide by the lengths, times beta), then -logsigmoid(r_w - r_l - gamma).mean()
+    chosen_rewards = beta * policy_chosen_logps / chosen_lengths
+    rejected_rewards = beta * policy_rejected_logps / rejected_lengths
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards - gamma).mean()
+    return loss, chosen_rewards.detach(), rejected_rewards.detach()
+    # END SOLUTION
+
+
+# %%
+check_simpo_loss(simpo_loss)
+
+# %% [markdown]
+# Now the five losses on the same footing: one training loop (`dpo_family.train_preference`: fresh LoRA
+# adapter on the SFT model, AdamW, the same steps, batch and learning rate for every loss), the toy world's
+# labelled pairs, three seeds. The table gives each cell as mean ± std over the seeds, judged on the 40
+# held-out prompts: the gold reward, the KL to the SFT model (nats per answer), the answers' length
+# (tokens) and the training seconds.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+if GOLD:
+    small = methods.Sizes(family_steps=SIZES["family_steps"], family_batch=SIZES["family_batch"], eval_n_per_prompt=1)
+    family = methods.methods_table(profile, small, seeds=(0, 1, 2), methods=["DPO", "IPO", "SimPO", "KTO", "ORPO"],
+                                   progress=False)
+    display(pd.DataFrame({name: {c: f"{row['mean'][c]:.2f} ± {row['std'][c]:.2f}" if row["runs"][1:] else
+                                 f"{row['mean'][c]:.2f}" for c in ("gold", "kl", "length", "seconds")}
+                          for name, row in family["rows"].items()}).T)
+else:
+    print(SKIP)
+
+# %%
+if GOLD:
+    print("three seeds per loss:", all(len(row["runs"]) == 3 for name, row in family["rows"].items() if name != "SFT (start)"))
+    print("the reference-free losses need no reference forward pass:", dpo_family.REFERENCE_FREE)
+
+# %% [markdown]
+# Twelve steps of sixteen pairs are a sketch: the spread over seeds is often as large as the differences
+# between losses. The full-size table (Section 5: forty steps of 32 pairs) is the one to read. What holds
+# at both sizes: SimPO and ORPO need no reference model, so a step costs one forward pass instead of two
+# (see the seconds); KTO needs only a thumbs-up or -down per answer, data that is far cheaper to collect
+# than pairs.
+#
+# ## 5. Online against offline DPO, and the methods table
+#
+# Preference data goes stale: labels on the SFT model's answers say little about the mistakes of the model
+# after training. **Online** DPO labels pairs sampled from the current policy, round after round (Guo et
+# al. 2024, arXiv:2402.04792; Xiong et al. 2023, arXiv:2312.11456). At the **same labelling budget** -
+# the same judge (the course's reward model, `ai_feedback.RewardModelJudge`), the same number of labelled
+# pairs and DPO steps - offline DPO labels all its pairs once, on the SFT model's answers. Notebook 4's
+# `iterative.iterative_loop` runs both: rounds = 2 against rounds = 1 with twice the pairs and steps
+# (`methods.dpo_loop_run`).
+#
+# Every method of this notebook, at full size, three seeds (`python benchmarks/methods_table.py --out DIR`,
+# measured on the 2-core machine under load from other jobs; mean ± std over seeds 0, 1, 2):
+#
+# METHODS_TABLE
+#
+# How to read it:
+# - compare rows **within a group**: the DPO family trained on the toy world's human-style labels; online
+#   and offline DPO on the reward model's labels; the GRPO variants on the verifiable reward only, so their
+#   gold reward on the claim and harmful prompts they never trained on is not their fault;
+# - a difference smaller than the spread is not a difference. Three seeds are the least that shows a
+#   spread at all; papers that rank methods by one run each are ranking noise as often as not;
+# - KL and length are part of the result: a gain bought with a long drift from the SFT model, or with
+#   longer answers, is the over-optimisation of Section 1 in another form.
+#
+# ## Summary
+#
+# - **Reward over-optimisation** is measurable: the proxy rises, the gold reward peaks and falls (Gao et
+#   al.: $d(\alpha - \beta d)$ for best-of-n, $d(\alpha - \beta \log d)$ for RL, $d = \sqrt{\mathrm{KL}}$). On
+#   the toy world best-of-n bends only mildly by $n = 64$; PPO with a weak KL penalty falls clearly.
+# - **Remedies** address different failures: the KL penalty bounds the drift; an ensemble cancels its
+#   members' independent errors but not a bias they share; a length penalty corrects a known bias.
+# - **RLVR** replaces the reward model by a checker; the checker's holes become the policy's. GRPO's variants
+#   are switches: `beta`, `loss_type`, `scale_rewards`, `epsilon_high`, dynamic sampling (ours), and the clip
+#   acts only with more than one update per batch.
+# - **The DPO family**: IPO bounds the gap, SimPO and ORPO drop the reference model, KTO drops the pairs.
+# - **Compare methods with seeds and spread**, at the same budget, by a judge nobody optimised.
+#
+# This is the end of the course. From here: `rlhf-course overoptimization --out runs/lab` for the full lab,
+# `python benchmarks/methods_table.py --out runs/methods` for the table, and the papers cited along the
+# way.
