@@ -89,13 +89,32 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+def keep_informative_groups(batch: dict, group_size: int, n_groups: int) -> tuple[dict, torch.Tensor]:
+    """DAPO's filter on one scored generation batch (TRL's dict of per-answer tensors, groups of
+    `group_size` consecutive rows): keep `n_groups` groups, the informative ones first, in order. A group
+    is informative when its advantages are not all zero (its rewards are not all equal). If fewer are
+    informative, uninformative groups fill the batch with their completion_mask zeroed: they are skipped.
+    `num_items_in_batch` (the token count TRL's "dapo" loss divides by) is recounted.
+    Returns (the kept batch, the informative flag of every group sampled)."""
+    G = group_size
+    total = batch["advantages"].shape[0]
+    informative = batch["advantages"].view(-1, G).abs().amax(dim=1) > 1e-6            # (groups sampled,)
+    order = torch.cat([informative.nonzero().view(-1), (~informative).nonzero().view(-1)])[:n_groups]
+    rows = (order.view(-1, 1) * G + torch.arange(G, device=order.device)).view(-1)   # (n_groups * G,)
+    kept = {k: v.index_select(0, rows.to(v.device)) if isinstance(v, torch.Tensor) and v.dim() > 0
+            and v.shape[0] == total else v for k, v in batch.items()}
+    keep_tokens = informative[order].repeat_interleave(G).to(kept["completion_mask"])   # (n_groups * G,)
+    kept["completion_mask"] = kept["completion_mask"] * keep_tokens.unsqueeze(1)
+    kept["num_items_in_batch"] = kept["completion_mask"].sum()
+    return kept, informative
+
+
 class DynamicSamplingGRPOTrainer(GRPOTrainer):
     """DAPO's dynamic sampling (Sec. 3.2 of arXiv:2503.14476, the constraint 0 < |{o_i correct}| < G of
     Eq. 8): a group whose answers all get the same reward has advantage 0 for every answer, so it teaches
     nothing, and yet it dilutes the batch. Over-sample `oversample` times the batch's prompts, keep the
-    groups whose rewards are not all equal, in order, until the batch is full. If too few are left, the
-    batch is filled with uninformative groups whose tokens are masked out of the loss (skipped).
-    Logs `dynamic_sampling/informative` (share of sampled groups kept as informative)."""
+    groups whose rewards are not all equal (`keep_informative_groups`). Logs `dynamic_sampling/informative`
+    (share of sampled groups that were informative)."""
 
     oversample = 2
 
@@ -104,22 +123,12 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
             return super()._generate_and_score_completions(inputs)
         G = self.num_generations
         n_groups = len(inputs) // G
-        # 1. more prompts, each repeated G times in a row, as TRL's RepeatSampler lays them out
+        # more prompts, each repeated G times in a row, as TRL's RepeatSampler lays them out
         rng = random.Random(self.args.seed + self.state.global_step)
         extra = [self.train_dataset[i] for i in rng.choices(range(len(self.train_dataset)),
                                                              k=(self.oversample - 1) * n_groups)]
         out = super()._generate_and_score_completions(list(inputs) + [row for row in extra for _ in range(G)])
-        # 2. a group is informative when its advantages are not all zero (rewards not all equal)
-        informative = out["advantages"].view(-1, G).abs().amax(dim=1) > 1e-6            # (oversample * n_groups,)
-        order = torch.cat([informative.nonzero().view(-1), (~informative).nonzero().view(-1)])[:n_groups]
-        rows = (order.view(-1, 1) * G + torch.arange(G, device=order.device)).view(-1)   # (n_groups * G,)
-        total = out["advantages"].shape[0]
-        kept = {k: v.index_select(0, rows.to(v.device)) if isinstance(v, torch.Tensor) and v.dim() > 0
-                and v.shape[0] == total else v for k, v in out.items()}
-        # 3. skip the uninformative groups that had to fill the batch: no token of theirs counts
-        keep_tokens = informative[order].repeat_interleave(G).to(kept["completion_mask"].dtype)
-        kept["completion_mask"] = kept["completion_mask"] * keep_tokens.unsqueeze(1).to(kept["completion_mask"].device)
-        kept["num_items_in_batch"] = kept["completion_mask"].sum()
+        kept, informative = keep_informative_groups(out, G, n_groups)
         self._metrics["train"]["dynamic_sampling/informative"].append(informative.float().mean().item())
         return kept
 

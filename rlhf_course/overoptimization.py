@@ -339,7 +339,7 @@ def run_lab(profile: Profile, config: LabConfig = LabConfig(), progress: bool = 
     # 2. (started first, so that they run in other processes while this one does best-of-n) PPO with a weak
     #    KL penalty, and the same against each remedy: independent runs
     run = dict(steps=config.ppo_steps, eval_every=config.eval_every, eval_n_per_prompt=config.eval_n_per_prompt,
-               seed=config.seed, progress=progress)
+               seed=config.seed, progress=progress and config.workers <= 1)
     jobs = {"weak_kl": dict(kl_coef=config.weak_kl_coef)}
     if config.remedies_ppo:
         jobs["kl_penalty"] = dict(kl_coef=config.kl_coef)
@@ -367,8 +367,12 @@ def run_lab(profile: Profile, config: LabConfig = LabConfig(), progress: bool = 
                     [f"ensemble_{a}" for a in config.ensemble] + ["length_penalty"]}
 
     ppo_curves = collect()
-    ppo, remedies_ppo = ppo_curves.pop("weak_kl"), ppo_curves
     seconds["ppo_runs"] = time.perf_counter() - t0
+    if progress and config.workers > 1:  # the workers ran quietly: their curves now
+        for name, rows in ppo_curves.items():
+            print(f"PPO {name}: " + ", ".join(f"step {r['step']} KL {r['kl']:.2f} proxy {r['proxy']:+.2f} "
+                                             f"gold {r['gold']:+.3f}" for r in rows), flush=True)
+    ppo, remedies_ppo = ppo_curves.pop("weak_kl"), ppo_curves
 
     seconds["total"] = time.perf_counter() - t0
     return {

@@ -57,6 +57,7 @@ from rlhf_course.best_of_n import best_of_n_kl
 from rlhf_course.checks.nb09_frontier import (check_ensemble_reward, check_fit_best_of_n, check_simpo_loss,
                                               check_steps_in_order)
 from rlhf_course.loading import load_policy, load_tokenizer
+from rlhf_course.parallel import start_jobs
 
 # %%
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not our business here
@@ -69,7 +70,9 @@ GOLD = profile.has_ground_truth  # the toy world's exact reward: the tiny profil
 SKIP = ("skipped: this cell measures against the toy world's gold reward, which the {} profile does not have "
         "(a 7B answers in free text; its judge is an independent reward model, not a gold reward)").format(profile.name)
 # how long each live run trains here (the full-size runs: `rlhf-course overoptimization`, benchmarks/methods_table.py)
-SIZES = dict(bon_prompts=16, n_max=64, ppo_steps=20, eval_every=5, family_steps=12, family_batch=16, grpo_steps=8)
+SIZES = dict(bon_prompts=16, n_max=64, ppo_steps=20, eval_every=5, family_steps=8, family_batch=16, grpo_steps=6,
+             grpo_batch=16)
+WORKERS = 2  # independent runs go to two processes of one thread each: the tiny model uses 2 cores best that way
 
 # %% [markdown]
 # We start from the course's SFT model (notebook 3). The **proxy** is the reward model of notebook 6 that
@@ -87,6 +90,18 @@ if GOLD:
                for path in checkpoints.reward_model_ensemble(profile)]
     proxy = members[0]  # the length-biased reward model of notebook 6
     print(f"{len(members)} length-biased reward models; the proxy is the first")
+else:
+    print(SKIP)
+
+# %% [markdown]
+# The PPO runs of Sections 1.2 and 2 take longest. They are independent of everything before them, so we
+# start them now, in two background processes (`parallel.start_jobs`), and collect them when we need them:
+
+# %%
+if GOLD:
+    ppo = dict(steps=SIZES["ppo_steps"], eval_every=SIZES["eval_every"])
+    ppo_runs = start_jobs({"kl_coef 0.01": (oo.ppo_job, (profile, dict(kl_coef=0.01, **ppo))),
+                           "kl_coef 0.2": (oo.ppo_job, (profile, dict(kl_coef=0.2, **ppo)))}, workers=WORKERS)
 else:
     print(SKIP)
 
@@ -184,11 +199,12 @@ if GOLD:
 #
 # PPO (notebook 6's trainer, `ppo.PPOTrainer`) against the same proxy with `kl_coef = 0.01`, evaluated
 # every 5 iterations on the 40 held-out prompts: the KL to the SFT model, the proxy's mean score and the
-# gold reward (`oo.ppo_curve`).
+# gold reward (`oo.ppo_curve`, started above; this waits for it).
 
 # %%
 if GOLD:
-    weak = oo.ppo_curve(profile, tokenizer, kl_coef=0.01, steps=SIZES["ppo_steps"], eval_every=SIZES["eval_every"])
+    curves = ppo_runs()
+    weak, leashed = curves["kl_coef 0.01"], curves["kl_coef 0.2"]
 else:
     print(SKIP)
 
@@ -209,16 +225,10 @@ if GOLD:
 #
 # ## 2. The remedies, on the same axes
 #
-# **The KL penalty.** The same run with `kl_coef = 0.2` (the pipeline's value): each nat of drift now costs
-# reward, so the policy stops where its gain in proxy no longer pays for the distance.
-
-# %%
-if GOLD:
-    leashed = oo.ppo_curve(profile, tokenizer, kl_coef=0.2, steps=SIZES["ppo_steps"], eval_every=SIZES["eval_every"])
-else:
-    print(SKIP)
-
-# %% [markdown]
+# **The KL penalty.** The second run started above is the same PPO with `kl_coef = 0.2` (the pipeline's
+# value): each nat of drift now costs reward, so the policy stops where its gain in proxy no longer pays
+# for the distance. It is plotted below with the other remedies.
+#
 # **An ensemble of reward models** (Coste et al. 2023, "Reward model ensembles help mitigate
 # overoptimization", arXiv:2310.02743). Several reward models trained on the same kind of labels make
 # different errors; optimise their **mean** and the errors partly cancel, or their **worst case** (WCO: the
@@ -369,28 +379,31 @@ check_steps_in_order(steps_in_order)
 # per generated batch (`num_iterations=2`): with one, the policy has not moved since sampling, the ratio
 # $\pi/\pi_{\text{old}}$ is exactly 1, and no clip - symmetric or higher - ever acts.
 #
-# A short run of each, from the SFT model, on the 48 training how-to prompts:
+# A short run of each (six steps of 16 answers), from the SFT model, on the 48 training how-to prompts, then evaluated on the 40
+# held-out prompts (`methods.methods_table`: the runs go to the two worker processes):
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 if GOLD:
-    grpo_runs = {}
-    for variant in grpo_variants.VARIANTS:
-        with methods._quiet():
-            result = grpo_variants.train_variant(profile, variant, steps=SIZES["grpo_steps"], seed=0)
-        grpo_runs[variant] = {**methods.evaluate_method(result.model, tokenizer, profile, n_per_prompt=1),
-                              "clip_ratio": result.metrics["clip_ratio"],
-                              "informative": result.metrics.get("informative", math.nan),
-                              "seconds": result.metrics["train_seconds"]}
-    print(pd.DataFrame(grpo_runs).T.round(3).to_string())
+    GRPO_NAMES = ["GRPO (β = 0.04)", "GRPO, β = 0", "Dr. GRPO", "DAPO"]
+    small = methods.Sizes(grpo_steps=SIZES["grpo_steps"], family_steps=SIZES["family_steps"],
+                          family_batch=SIZES["family_batch"], eval_n_per_prompt=1)
+    # 16 answers per step (2 prompts x 8): half the course's batch, to keep this run short
+    grpo_table = methods.methods_table(profile.replace(batch_size=SIZES["grpo_batch"]), small, seeds=(0,),
+                                       methods=GRPO_NAMES, workers=WORKERS)
+    columns = ("pass_rate", "gold", "kl", "length", "clip_ratio", "informative", "seconds")
+    print(pd.DataFrame({name: {c: row["mean"].get(c, math.nan) for c in columns}
+                        for name, row in grpo_table["rows"].items()}).T.round(3).to_string())
 else:
     print(SKIP)
 
 # %% [markdown]
-# Eight steps are enough to see the machinery, not to rank the variants: that takes longer runs and several
+# Six steps are enough to see the machinery, not to rank the variants: that takes longer runs and several
 # seeds (the table in Section 5). Read `clip_ratio` (the share of tokens whose ratio left the clip range, on
-# the second update of each batch: 0 for every variant without `num_iterations=2`) and `informative` (the
-# share of sampled groups dynamic sampling kept: it falls as the policy learns and more groups pass whole).
+# the second update of each batch: it would be 0 for every variant without `num_iterations=2`), `informative` (the
+# share of DAPO's sampled groups whose rewards were not all equal: it falls as the policy learns and more
+# groups pass whole) and `pass_rate` (the checker's verdict on the held-out how-to prompts; the SFT model's
+# is the first row).
 #
 # ## 4. The DPO family
 #
@@ -443,9 +456,8 @@ check_simpo_loss(simpo_loss)
 # %%
 # NBVAL_IGNORE_OUTPUT
 if GOLD:
-    small = methods.Sizes(family_steps=SIZES["family_steps"], family_batch=SIZES["family_batch"], eval_n_per_prompt=1)
     family = methods.methods_table(profile, small, seeds=(0, 1, 2), methods=["DPO", "IPO", "SimPO", "KTO", "ORPO"],
-                                   progress=False)
+                                   workers=WORKERS)
     display(pd.DataFrame({name: {c: f"{row['mean'][c]:.2f} ± {row['std'][c]:.2f}" if row["runs"][1:] else
                                  f"{row['mean'][c]:.2f}" for c in ("gold", "kl", "length", "seconds")}
                           for name, row in family["rows"].items()}).T)
@@ -458,7 +470,7 @@ if GOLD:
     print("the reference-free losses need no reference forward pass:", dpo_family.REFERENCE_FREE)
 
 # %% [markdown]
-# Twelve steps of sixteen pairs are a sketch: the spread over seeds is often as large as the differences
+# Eight steps of sixteen pairs are a sketch: the spread over seeds is often as large as the differences
 # between losses. The full-size table (Section 5: forty steps of 32 pairs) is the one to read. What holds
 # at both sizes: SimPO and ORPO need no reference model, so a step costs one forward pass instead of two
 # (see the seconds); KTO needs only a thumbs-up or -down per answer, data that is far cheaper to collect
