@@ -29,10 +29,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    table = methods.methods_table(pick_profile("tiny"), methods.Sizes(), tuple(args.seeds), args.methods, args.workers)
-    table["seconds_total"] = time.perf_counter() - start
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    table = methods.methods_table(pick_profile("tiny"), methods.Sizes(), tuple(args.seeds), args.methods, args.workers,
+                                  save_runs=out / "runs.json")
+    table["seconds_total"] = time.perf_counter() - start
     (out / "methods.json").write_text(json.dumps(table, indent=1))
     text = methods.markdown(table) + "\n\n" + methods.markdown(table, ("pass_rate",)) + "\n"
     (out / "methods.md").write_text(text)

@@ -143,10 +143,10 @@ def run_method(name: str, profile: Profile, sizes: Sizes, seed: int) -> dict:
 
 
 def methods_table(profile: Profile, sizes: Sizes = Sizes(), seeds: tuple[int, ...] = (0, 1, 2),
-                  methods: list[str] | None = None, workers: int = 1) -> dict:
+                  methods: list[str] | None = None, workers: int = 1, save_runs=None) -> dict:
     """Run every method (or those named) once per seed - each (method, seed) an independent run, spread
     over `workers` processes (`parallel.start_jobs`) - and the SFT model once. Returns `summarize`'s table,
-    the SFT model first."""
+    the SFT model first. `save_runs`: a JSON file that gets every run's row as soon as all are done."""
     if not profile.has_ground_truth:
         from rlhf_course.errors import CourseError
 
@@ -157,6 +157,13 @@ def methods_table(profile: Profile, sizes: Sizes = Sizes(), seeds: tuple[int, ..
                          workers)
     sft = sft_row(profile, sizes)
     runs = collect()
+    if save_runs is not None:
+        import json
+        from pathlib import Path
+
+        Path(save_runs).parent.mkdir(parents=True, exist_ok=True)
+        Path(save_runs).write_text(json.dumps({"SFT (start)": sft} | {f"{n} | seed {s}": r for (n, s), r in runs.items()},
+                                              indent=1))
     return summarize({"SFT (start)": ("start", [sft])} |
                      {name: (METHODS[name][0], [runs[(name, seed)] for seed in seeds]) for name in names}, sizes, seeds)
 
@@ -164,12 +171,17 @@ def methods_table(profile: Profile, sizes: Sizes = Sizes(), seeds: tuple[int, ..
 def summarize(runs: dict[str, tuple[str, list[dict]]], sizes: Sizes, seeds) -> dict:
     """{name: (group, per-seed rows)} -> {"sizes", "seeds", "rows": {name: {"group", "runs", "mean", "std"}}},
     std the sample standard deviation over the seeds (NaN for a single run)."""
+    def mean_std(values: list[float]) -> tuple[float, float]:
+        if any(math.isnan(v) for v in values):  # e.g. DAPO's "informative" on the other variants' rows
+            return math.nan, math.nan
+        return mean(values), stdev(values) if len(values) > 1 else math.nan
+
     rows = {}
     for name, (group, per_seed) in runs.items():
         keys = [k for k in per_seed[0] if isinstance(per_seed[0][k], (int, float))]
-        rows[name] = {"group": group, "runs": per_seed,
-                      "mean": {k: mean(r[k] for r in per_seed) for k in keys},
-                      "std": {k: stdev(r[k] for r in per_seed) if len(per_seed) > 1 else math.nan for k in keys}}
+        stats = {k: mean_std([float(r[k]) for r in per_seed]) for k in keys}
+        rows[name] = {"group": group, "runs": per_seed, "mean": {k: m for k, (m, _) in stats.items()},
+                      "std": {k: sd for k, (_, sd) in stats.items()}}
     return {"sizes": asdict(sizes), "seeds": list(seeds), "rows": rows}
 
 

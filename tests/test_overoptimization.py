@@ -107,3 +107,36 @@ def test_ppo_against_the_worst_case_ensemble_runs(tiny, tokenizer):
     assert [r["step"] for r in rows] == [0, 2]
     assert all(math.isfinite(r[k]) for r in rows for k in ("kl", "proxy", "gold", "length"))
     assert rows[1]["kl"] > 0  # the policy moved
+
+
+def test_the_shipped_ensemble_members_differ_and_rank_held_out_pairs(tiny, tokenizer):
+    from rlhf_course import checkpoints
+    from rlhf_course.reward_model import load_rm_data, load_trained_reward_model, reward_accuracy, score_texts
+
+    paths = checkpoints.reward_model_ensemble(tiny)
+    assert len(paths) == 4 and paths[0] == checkpoints.reward_model(tiny, "length_biased")
+    pairs = load_rm_data("test").select(range(200))
+    answers = [toyworld_answer for toyworld_answer in pairs["chosen"][:20]]
+    scores = []
+    for path in paths:
+        model = load_trained_reward_model(tiny, path, verbose=False)
+        assert reward_accuracy(model, tokenizer, pairs) > 0.7  # far above chance (0.5)
+        scores.append(score_texts(model, tokenizer, pairs["prompt"][:20], answers))
+    for i in range(1, 4):  # their own data sample and seed: not copies of member 0
+        assert not torch.allclose(scores[0], scores[i], atol=1e-3)
+
+
+def test_bootstrap_draws_with_replacement():
+    from rlhf_course.checkpoints import bootstrap_preferences
+
+    rows = [{"i": i} for i in range(100)]
+    sample = bootstrap_preferences(rows, seed=1)
+    assert len(sample) == 100 and len({r["i"] for r in sample}) < 100  # some rows twice, some never
+    assert sample == bootstrap_preferences(rows, seed=1) != bootstrap_preferences(rows, seed=2)
+
+
+def test_the_cli_has_the_subcommand():
+    from rlhf_course.cli import build_parser
+
+    args = build_parser().parse_args(["overoptimization", "--out", "x"])
+    assert args.out == "x" and args.func.__name__ == "cmd_overoptimization"
