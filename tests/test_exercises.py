@@ -14,8 +14,8 @@ SOLUTION_FILES = sorted(SOLUTIONS.glob("*.ipynb"))
 TEACHING = [p for p in SOLUTION_FILES if not p.name.startswith("00")]
 
 
-def test_there_are_nine_notebooks_and_their_exercise_versions_are_up_to_date():
-    assert [p.name[:2] for p in SOLUTION_FILES] == [f"{i:02d}" for i in range(9)]
+def test_there_are_ten_notebooks_and_their_exercise_versions_are_up_to_date():
+    assert [p.name[:2] for p in SOLUTION_FILES] == [f"{i:02d}" for i in range(10)]
     stale = generate(check=True)
     assert not stale, f"run `rlhf-course exercises`: out of date: {[p.name for p in stale]}"
     for path in (NOTEBOOKS).glob("*.ipynb"):
