@@ -53,7 +53,7 @@ class LabConfig:
     n_max: int = 64                   # answers sampled per prompt; every n <= n_max is estimated from them
     bon_prompts: int = 40             # held-out prompts (toyworld.eval_prompts(), 40 in all)
     # PPO
-    ppo_steps: int = 25               # PPO iterations per run
+    ppo_steps: int = 20               # PPO iterations per run
     eval_every: int = 5               # evaluate on the held-out prompts every this many iterations
     eval_n_per_prompt: int = 2        # answers per held-out prompt at each evaluation
     weak_kl_coef: float = 0.01        # the over-optimised run: a KL penalty too weak to hold the policy

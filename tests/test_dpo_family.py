@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-
-from rlhf_course import dpo, dpo_family as fam
+from rlhf_course import dpo
+from rlhf_course import dpo_family as fam
 from rlhf_course.loading import load_policy, lora_config
 from rlhf_course.sft import trl_common_args
 
