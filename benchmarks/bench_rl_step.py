@@ -17,7 +17,7 @@ import time
 import torch
 from transformers import TrainerCallback
 
-from rlhf_course import checkpoints, toyworld
+from rlhf_course import toyworld, trained_models
 from rlhf_course.grpo import train_grpo
 from rlhf_course.loading import load_policy, load_tokenizer
 from rlhf_course.ppo import PPOConfig, PPOTrainer
@@ -71,7 +71,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     profile = pick_profile("tiny")
-    sft = checkpoints.sft_model(profile)
+    sft = trained_models.sft_model(profile)
     # Our PPO iteration makes num_ppo_epochs x num_minibatches = 4 optimizer updates on its rollouts;
     # TRL's RLOO/GRPO step makes one. The second row does one update too: the same work per step.
     runs = {"ours: PPO": lambda: ppo_step_times(profile, sft, args.steps),

@@ -8,26 +8,36 @@ same pairs by people and by the judge and report their agreement and Cohen's kap
 
 A judge is a callable `judge(pairs) -> list[float]`: for each `labelling.Pair`, P(answer A is better).
 
-    tiny profile:  GroundTruthJudge()                         the toy world's ground truth, with noise
+    tiny profile:  PrincipleJudge()                           the constitution applied sentence by sentence
+                   GroundTruthJudge()                         the toy world's ground truth, with noise (a person)
                    RewardModelJudge(rm, tokenizer)            a trained reward model: sigmoid(r_A - r_B)
     7b profile:    ConstitutionalJudge(model, tokenizer)      the model reads the constitution, answers A or B
 
     labels = judge.label(pairs)                               labelling.Label objects, like a person's
     compare_labels(human_labels, labels)                      agreement %, Cohen's kappa
+    critique(prompt, answer), revise(prompt, answer)          Constitutional AI's critique-and-revise step
 
 The constitutional judge is written for a 7B chat model; on the tiny model it runs (the tests use
-it to check the code path and the position-swap symmetry) but its verdicts mean nothing.
+it to check the code path and the position-swap symmetry) but its verdicts mean nothing: the tiny
+model cannot read. At tiny scale the constitution is applied by `critique`: each principle is a critic
+that reads the answer sentence by sentence, with the world knowledge a 7B brings from pretraining (which
+sentence is a step for which task, which is rude or filler, which requests are harmful) taken from the toy
+world's sentence bank. The judge prefers the answer with more steps and fewer critiques; `revise`
+drops what the critiques name, as the supervised stage of Constitutional AI rewrites an answer.
 """
 
 from __future__ import annotations
 
+import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
+
 import torch
 
 from rlhf_course import toyworld
 from rlhf_course.labelling import Agreement, Label, LabellingSession, Pair, bradley_terry, compare_labels
-from rlhf_course.logprobs import sequence_logprobs
+from rlhf_course.logprobs import token_logprobs
 from rlhf_course.profiles import Profile
 from rlhf_course.sampling import render_prompts
 
@@ -167,11 +177,18 @@ def letter_logprobs(model, tokenizer, questions: list[str], letters: tuple[str, 
         chunk, chunk_masks = rows[i : i + batch_size], masks[i : i + batch_size]
         width = max(map(len, chunk))
         pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in chunk])                 # (b, T) right-padded
-        attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk])   # (b, T)
-        completion_mask = torch.tensor([m + [0] * (width - len(m)) for m in chunk_masks])       # (b, T)
-        out.append(sequence_logprobs(model, input_ids.to(model.device), attention_mask.to(model.device),
-                                     completion_mask.to(model.device)).float().cpu())           # (b,)
+        # left-padded, so every row's letter ends in the last column: only the last few positions need the
+        # vocabulary-sized logits (`logits_to_keep`), which on a long question is most of the work
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in chunk])                 # (b, T)
+        attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk])   # (b, T)
+        completion_mask = torch.tensor([[0] * (width - len(m)) + m for m in chunk_masks])       # (b, T)
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # each row's positions as if unpadded
+        keep = int(completion_mask.sum(dim=1).max()) + 1                # the letters' tokens and the one before
+        device = model.device
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                       position_ids=position_ids.to(device), logits_to_keep=keep).logits   # (b, keep, V)
+        logps = token_logprobs(logits[:, :-1], input_ids[:, 1 - keep:].to(device))          # (b, keep - 1)
+        out.append((logps * completion_mask[:, 1 - keep:].to(device)).sum(dim=1).float().cpu())  # (b,)
     model.train(was_training)
     return torch.cat(out).view(len(questions), len(letters))
 
@@ -200,17 +217,130 @@ class ConstitutionalJudge(Judge):
         return ((p_first + p_swapped) / 2).tolist()
 
 
+# ------------------------------------------------------------------------------ tiny: the constitution, applied
+
+
+@dataclass(frozen=True)
+class Critique:
+    """One thing a principle objects to in an answer (Constitutional AI's critique, one line)."""
+
+    principle: str  # the principle's name in the constitution, e.g. "Respectful"
+    sentence: str   # the answer's sentence it objects to; "" for the answer as a whole
+    why: str
+
+
+def principles(constitution: str = CONSTITUTION) -> dict[str, str]:
+    """The constitution's principles, name -> text ("4. Respectful: it is never rude ..." -> "Respectful")."""
+    out = {}
+    for line in constitution.splitlines():
+        head, _, text = line.partition(":")
+        number, _, name = head.partition(". ")
+        if number.strip().isdigit() and name and text:
+            out[name.strip()] = text.strip()
+    return out
+
+
+def critique(prompt, answer: str) -> list[Critique]:
+    """Apply each principle of the constitution to `answer`, sentence by sentence (Constitutional AI's
+    critique, arXiv:2212.08073, Sec. 3.1). The critics know the toy world as a 7B knows the real one: which
+    sentence is a step for which task (`toyworld.SENTENCES`), which requests are harmful, which tip a claim
+    names. They know nothing of the ground truth's weights."""
+    world = toyworld.parse_prompt(toyworld.prompt_text(prompt))
+    claim_right = world.claim is not None and toyworld.SENTENCES.get(world.claim) == ("tip", world.task)
+    out, seen, steps, refused = [], set(), 0, False
+    for s in toyworld.split_sentences(answer):
+        kind, task = toyworld.SENTENCES.get(s, ("garbled", None))
+        if s in seen and kind != "garbled":
+            out.append(Critique("Concise", s, "says the same thing twice"))
+            continue
+        seen.add(s)
+        if kind == "garbled":
+            out.append(Critique("Concise", s, "is not a clear sentence"))
+        elif kind == "filler":
+            out.append(Critique("Concise", s, "is filler: it tells the user nothing"))
+        elif kind in ("tip", "harmful_tip") and task != world.task:
+            out.append(Critique("Concise", s, "is off topic: a step for another task"))
+        elif kind == "harmful_tip":
+            out.append(Critique("Harmless", s, "helps with a request that hurts someone or breaks the rules"))
+        elif kind == "tip":
+            steps += 1
+        elif kind == "rude":
+            out.append(Critique("Respectful", s, "is rude to the user"))
+        elif kind == "refusal":
+            refused = True
+            if not world.harmful:
+                out.append(Critique("Helpful", s, "refuses a harmless request"))
+        elif world.claim is None:
+            out.append(Critique("Concise", s, "answers a question nobody asked"))
+        elif (kind == "agree") != claim_right:
+            out.append(Critique("Honest", s, "agrees with a wrong claim" if kind == "agree" else
+                                "contradicts a right claim"))
+    if world.harmful and not refused:
+        out.append(Critique("Harmless", "", "does not refuse a request that hurts someone or breaks the rules"))
+    if not world.harmful and not steps:
+        out.append(Critique("Helpful", "", "gives no concrete step for the question that was asked"))
+    return out
+
+
+def helpful_steps(prompt, answer: str) -> int:
+    """The distinct steps for the asked task that the Helpful principle credits (none on a harmful request)."""
+    world = toyworld.parse_prompt(toyworld.prompt_text(prompt))
+    return len({s for s in toyworld.split_sentences(answer) if toyworld.SENTENCES.get(s) == ("tip", world.task)})
+
+
+def revise(prompt, answer: str) -> str:
+    """Constitutional AI's revision (Sec. 3.1): rewrite the answer so that no principle objects. At tiny scale
+    the reviser can only cut: every criticised sentence goes, and a harmful request gets a polite refusal.
+    An answer with nothing left is kept (a 7B would write new steps; this one cannot)."""
+    critiques = critique(prompt, answer)
+    if not critiques:
+        return answer
+    if toyworld.parse_prompt(toyworld.prompt_text(prompt)).harmful:
+        return toyworld.join_sentences([toyworld.REFUSAL[0]])
+    named = {c.sentence for c in critiques if c.sentence}
+    kept, seen = [], set()
+    for s in toyworld.split_sentences(answer):
+        if s not in named and s not in seen:
+            kept.append(s)
+        seen.add(s)
+    return toyworld.join_sentences(kept) if kept else answer
+
+
+class PrincipleJudge(Judge):
+    """The constitution applied to both answers (`critique`): each answer scores one point per distinct
+    step for the asked task, minus one per critique, and P(A) = sigmoid((score_A - score_B) / temperature).
+    Equal scores give 0.5 (a tie). The tiny profile's AI judge: it reads each answer against the
+    principles, not against labels, so its labels agree with the ground truth only as far as the
+    constitution says what the ground truth rewards."""
+
+    name = "constitution"
+
+    def __init__(self, temperature: float = 0.5):
+        self.temperature = temperature
+
+    def score(self, prompt, answer: str) -> int:
+        return helpful_steps(prompt, answer) - len(critique(prompt, answer))
+
+    def __call__(self, pairs: list[Pair]) -> list[float]:
+        return [1.0 / (1.0 + math.exp(-(self.score(p.prompt, p.answer_a) - self.score(p.prompt, p.answer_b))
+                                      / self.temperature)) for p in pairs]
+
+
 # ------------------------------------------------------------------------------ picking a judge, measuring it
 
 
 def make_judge(profile: Profile, *, model=None, tokenizer=None, reward_model=None,
                labeller: toyworld.Labeller | None = None) -> Judge:
-    """The profile's judge: on `tiny`, a reward model judge if `reward_model` is given, else the noisy
-    ground truth; on `7b`, the chat `model` prompted with the constitution."""
-    if profile.name == "tiny":
+    """The profile's AI judge. With a ground truth (the toy world's tiny model, which cannot read a
+    constitution): the constitution applied by `critique` (`PrincipleJudge`), or a reward model judge if
+    `reward_model` is given, or the noisy ground truth if `labeller` is. Without (the 7b profile): the chat
+    `model` prompted with the constitution."""
+    if profile.has_ground_truth:
         if reward_model is not None:
             return RewardModelJudge(reward_model, tokenizer)
-        return GroundTruthJudge(labeller or toyworld.Labeller(temperature=0.3))
+        if labeller is not None:
+            return GroundTruthJudge(labeller)
+        return PrincipleJudge()
     if model is None or tokenizer is None:
         raise ValueError("the 7b profile's judge is the chat model itself: pass model= and tokenizer=")
     return ConstitutionalJudge(model, tokenizer)

@@ -24,10 +24,11 @@ from pathlib import Path
 import datasets
 
 from rlhf_course import toyworld
-from rlhf_course.loading import load_policy, load_tokenizer
+from rlhf_course.loading import REFERENCE_ADAPTER, free_memory, is_adapter, load_policy, load_tokenizer
 from rlhf_course.profiles import Profile
 from rlhf_course.sampling import Completion, as_messages, generate
-from rlhf_course.sft import TrainResult, save_merged, train_sft
+from rlhf_course.sft import save_merged, train_sft
+from rlhf_course.training import TrainResult
 
 
 @dataclass
@@ -146,13 +147,17 @@ def mean_reward(model, tokenizer, prompts: list, reward_fn, *, samples_per_promp
 
 def rejection_sampling_finetune(
     profile: Profile, *, model_id: str | None = None, prompts: list | None = None, n: int = 8,
-    reward_fn=toyworld.ground_truth_rewards, rounds: int = 1, keep_top: int = 1, steps: int | None = None,
-    learning_rate: float = 3e-3, out_dir: str | None = None, progress: bool = True, seed: int = 0,
+    reward_fn=toyworld.ground_truth_rewards, reward_model_dir: str | Path | None = None, rounds: int = 1,
+    keep_top: int = 1, steps: int | None = None, learning_rate: float | None = None, out_dir: str | None = None,
+    progress: bool = True, seed: int = 0,
 ) -> TrainResult:
     """Rounds of: sample `n` answers per prompt from the current model, keep the `keep_top` best,
     fine-tune on them with LoRA (`sft.train_sft`), merge. The next round samples from the result.
 
     `model_id`: the model to start from (the SFT model); default the profile's base model.
+    `reward_model_dir`: instead of `reward_fn`, a reward model adapter trained on that model
+    (`reward_model.train_reward_model(out_dir=...)`), put on each model it scores as a second adapter
+    (`ppo.AdapterRewardModel`): one base in memory at a time, as a T4 needs for a 4-bit 7B.
     `steps`: SFT steps per round; default about 3 epochs of the kept samples.
     `history`: one row per round with the mean reward of all samples (the current model's reward),
     of the kept ones, and the SFT loss; then a last row with the final model's mean reward (fresh
@@ -163,16 +168,29 @@ def rejection_sampling_finetune(
     if rounds > 1 and profile.load_in_4bit:
         raise ValueError("rejection_sampling_finetune with rounds > 1 merges the adapter after each round, which "
                          "needs a full-precision base: use rounds=1 with a 4-bit profile")
+    if rounds > 1 and reward_model_dir is not None:
+        raise ValueError("a reward model adapter fits the base it was trained on, which the merge after each round "
+                         "replaces: with rounds > 1 pass reward_fn")
     prompts = [as_prompt(p) for p in (prompts or toyworld.train_prompts())]
     current = model_id or profile.model_path
     tokenizer = load_tokenizer(profile, current)
     history: list[dict] = []
     model = None
+    def scorer(model):  # the reward function for `model`'s samples
+        if reward_model_dir is None:
+            return reward_fn
+        from rlhf_course.ppo import AdapterRewardModel  # the reward model rides on the model's own base
+
+        return AdapterRewardModel(model, tokenizer, reward_model_dir)
+
     for round_ in range(rounds):
-        sampler = load_policy(profile, lora=False, model_id=current, verbose=progress and round_ == 0)
-        results = best_of_n(sampler, tokenizer, prompts, n, reward_fn, max_new_tokens=profile.max_new_tokens,
+        # a reward model adapter needs a PEFT model to ride on (a fresh LoRA adapter changes nothing)
+        sampler = load_policy(profile, lora=reward_model_dir is not None and not is_adapter(current), model_id=current,
+                              verbose=progress and round_ == 0)
+        results = best_of_n(sampler, tokenizer, prompts, n, scorer(sampler), max_new_tokens=profile.max_new_tokens,
                             seed=seed + round_)
-        del sampler
+        del sampler  # one model at a time: train_sft loads its own
+        free_memory()
         data = top_samples(results, keep_top)
         all_mean = sum(sum(r.rewards) for r in results) / (n * len(results))
         round_steps = steps or max(10, 3 * len(data) // profile.batch_size)
@@ -188,7 +206,9 @@ def rejection_sampling_finetune(
             out_dir = out_dir or tempfile.mkdtemp(prefix="rlhf-course-rs-")
             current = str(save_merged(model, tokenizer, Path(out_dir) / f"round_{round_}"))
             model = None
-    final = mean_reward(model, tokenizer, prompts, reward_fn, samples_per_prompt=n,
+    if is_adapter(model_id):  # training continued the SFT adapter: its frozen copy is pi_ref (as TRL's trainers keep)
+        model.load_adapter(model_id, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+    final = mean_reward(model, tokenizer, prompts, scorer(model), samples_per_prompt=n,
                         max_new_tokens=profile.max_new_tokens, seed=seed + rounds)
     history.append({"round": rounds, "reward_mean": final})
     metrics = {"reward_before": history[0]["reward_mean"], "reward_after": final,

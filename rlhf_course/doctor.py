@@ -55,10 +55,16 @@ def hub_status(timeout: float = 3.0) -> str:
 
 
 def report(profile_name: str | None = None) -> str:
+    """What `rlhf-course doctor` prints (problems included, as ERROR lines)."""
+    return diagnose(profile_name)[0]
+
+
+def diagnose(profile_name: str | None = None, tiny_advice: str = "pass profile='tiny'") -> tuple[str, list[str]]:
+    """The report, and the problems that stop the course from running here (empty: all is well)."""
     hw = detect_hardware()
-    lines = ["rlhf-course doctor", f"  hardware : {hw.describe()}"]
+    lines, problems = ["rlhf-course doctor", f"  hardware : {hw.describe()}"], []
     try:
-        p = pick_profile(profile_name, hw)
+        p = pick_profile(profile_name, hw, tiny_advice=tiny_advice)
         lines += [
             f"  profile  : {p.name}  ({p.reason})",
             f"  model    : {p.model_id}{' (local, data/tiny)' if p.model_id == 'tiny' else ''}, "
@@ -69,6 +75,7 @@ def report(profile_name: str | None = None) -> str:
         ]
     except ProfileError as err:
         lines.append(f"  profile  : ERROR: {err}")
+        problems.append(str(err))
     lines.append(f"  python   : {platform.python_version()} ({platform.platform(terse=True)})")
     pins = tested_versions()
     for name in STACK:
@@ -79,9 +86,12 @@ def report(profile_name: str | None = None) -> str:
         folder = data_dir()
         tiny = (folder / "tiny" / "model.safetensors").is_file()
         lines.append(f"  data     : {folder} (tiny model {'present' if tiny else 'MISSING'})")
+        if not tiny:
+            problems.append(f"the tiny model is missing from {folder / 'tiny'}: run `rlhf-course build-tiny`")
     except FileNotFoundError as err:
         lines.append(f"  data     : ERROR: {err}")
+        problems.append(str(err))
     lines.append(f"  hub      : {hub_status()}")
     if os.environ.get(PROFILE_ENV):
         lines.append(f"  note     : {PROFILE_ENV}={os.environ[PROFILE_ENV]} is set")
-    return "\n".join(lines)
+    return "\n".join(lines), problems

@@ -21,10 +21,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rlhf_course.loading import reference_policy
 from rlhf_course.logprobs import sequence_logprobs
 from rlhf_course.paths import data_path
 from rlhf_course.profiles import Profile
-from rlhf_course.sft import TrainResult, train_resumable, trl_common_args
+from rlhf_course.training import TrainResult, run_trl_trainer, steps_or_default, trl_common_args
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -32,16 +33,8 @@ LOSS_TYPES = ("sigmoid", "ipo")
 LOGGED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
           "logps/chosen", "logps/rejected")
 
-BETA = 0.1  # the DPO paper's usual value; the from-scratch functions default to it
-
-# `train_dpo`'s defaults per profile. tiny: tuned from the toy world's SFT model (60 steps of 32 pairs,
-# ~25 s on one CPU core). A small beta (0.1) with a learning rate high enough to move in 60 steps pushes
-# the tiny model off its distribution (garbled sentences); beta = 2 stops the push once the log-ratio
-# gap is a few nats. 7b: the usual QLoRA DPO values (untested here: no GPU in CI).
-TRAIN_DEFAULTS = {
-    "tiny": dict(beta=2.0, learning_rate=3e-3),
-    "7b": dict(beta=0.1, learning_rate=5e-5),
-}
+BETA = 0.1  # the DPO paper's usual value; the from-scratch functions default to it. `train_dpo` takes
+            # its beta and learning rate from the profile's recipe (`profile.recipe.dpo_beta`, ...).
 
 
 # --- 1. log-probabilities of a preference batch -------------------------------------------------
@@ -64,8 +57,9 @@ def preference_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def reference_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """The same log-probs under the reference policy pi_ref: the model with its LoRA adapter switched
-    off, i.e. the frozen model we started from. No second copy of the model in memory."""
-    with model.disable_adapter():
+    off, i.e. the frozen model we started from (on a 4-bit base, the SFT adapter's frozen copy: see
+    `loading.reference_policy`). No second copy of the model in memory."""
+    with reference_policy(model):
         return preference_logps(model, batch)
 
 
@@ -168,17 +162,16 @@ def dpo_config(profile: Profile, *, steps: int | None = None, beta: float | None
                learning_rate: float | None = None, out_dir: str | None = None, progress: bool = True,
                seed: int = 0, checkpoint_dir=None, save_every: int | None = None):
     """TRL's `DPOConfig` for the profile (precision, batch and lengths from the profile; beta and
-    learning rate from `TRAIN_DEFAULTS` unless given)."""
+    learning rate from its recipe unless given)."""
     from trl import DPOConfig
 
-    defaults = TRAIN_DEFAULTS.get(profile.name, TRAIN_DEFAULTS["7b"])
-    steps = steps or profile.dpo_steps
+    steps = steps_or_default(steps, profile.dpo_steps)
     return DPOConfig(
         **trl_common_args(profile, steps, out_dir, progress, seed, checkpoint_dir=checkpoint_dir, save_every=save_every),
-        learning_rate=learning_rate or defaults["learning_rate"],
+        learning_rate=learning_rate or profile.recipe.dpo_learning_rate,
         lr_scheduler_type="linear",
         warmup_steps=max(1, steps // 10),
-        beta=beta or defaults["beta"],
+        beta=beta or profile.recipe.dpo_beta,
         loss_type=[loss_type],
         max_length=profile.max_length,  # prompt + answer; TRL has no separate prompt limit
     )
@@ -194,14 +187,14 @@ def train_dpo(profile: Profile, dataset=None, *, model_id: str | None = None, st
     Starts from `model_id` (normally the merged SFT model; default: the profile's model). The reference
     policy is that same model with the adapter disabled, so only one copy is in memory. `dataset`:
     prompt/chosen/rejected pairs, plain or conversational (default: the toy world's 4000 training
-    pairs). `beta` and `learning_rate` default to `TRAIN_DEFAULTS[profile.name]`, `steps` to
+    pairs). `beta` and `learning_rate` default to the profile's recipe, `steps` to
     `profile.dpo_steps`. `history` holds TRL's log at each logging step: loss, rewards/chosen,
     rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejected, ...
     With `checkpoint_dir` (e.g. a Drive folder in Colab) checkpoints are kept there every `save_every`
     steps, and `resume=True` continues from the last one, ending exactly as an uninterrupted run.
 
-    The 7b profile runs the same code with other numbers (beta 0.1, learning rate 5e-5, 100 steps of
-    4 x 4 pairs; pass a real preference set such as ultrafeedback-binarized as `dataset`). The base is
+    The 7b profile runs the same code with other numbers (its recipe: beta 0.01, learning rate 5e-6, from
+    alignment-handbook's zephyr QLoRA DPO recipe; 100 steps of 4 x 4 pairs of a real preference set). The base is
     loaded in 4-bit NF4 with double quantisation (`profile.load_in_4bit`) and prepared by peft's
     `prepare_model_for_kbit_training` (its non-quantized weights upcast to fp32, gradient checkpointing
     on); only the LoRA adapter trains. Compute runs in the profile's dtype: bf16 on GPUs that have it;
@@ -215,23 +208,20 @@ def train_dpo(profile: Profile, dataset=None, *, model_id: str | None = None, st
     back to fp32 unless the profile computes in bf16. The same path runs on the tiny model with
     `load_in_4bit=True` on a CPU (fp32 compute, fp32 adapter), which is how the tests cover it.
     """
-    from transformers import PrinterCallback
     from trl import DPOTrainer
 
-    from rlhf_course.loading import keep_trainable_fp32, load_policy, load_tokenizer, lora_config
+    from rlhf_course.loading import load_tokenizer, policy_for_trainer
 
     tokenizer = load_tokenizer(profile, model_id)
-    model = load_policy(profile, lora=False, load_in_4bit=load_in_4bit, model_id=model_id)
+    # the merged SFT model + a fresh adapter, or (7b) the SFT adapter itself, continued, with its frozen copy as pi_ref
+    model, peft_config = policy_for_trainer(profile, model_id, load_in_4bit)
     args = dpo_config(profile, steps=steps, beta=beta, loss_type=loss_type, learning_rate=learning_rate,
                       out_dir=out_dir, progress=progress, seed=seed, checkpoint_dir=checkpoint_dir,
                       save_every=save_every)
     trainer = DPOTrainer(model=model, args=args, train_dataset=keep_dpo_columns(dataset or load_dpo_data()),
-                         processing_class=tokenizer, peft_config=lora_config(profile))
-    if not progress:
-        trainer.remove_callback(PrinterCallback)  # without a progress bar, Trainer prints every log line
-    keep_trainable_fp32(trainer.model, profile)
-    out = train_resumable(trainer, checkpoint_dir, resume)
-    history = [h for h in trainer.state.log_history if "loss" in h]
+                         processing_class=tokenizer, peft_config=peft_config)
+    out, history = run_trl_trainer(trainer, profile, progress=progress, desc="DPO", checkpoint_dir=checkpoint_dir, resume=resume,
+                                   keep_bf16_adapters=True)
     last = history[-1] if history else {}
     metrics = {"train_loss": out.training_loss, **{k: last[k] for k in LOGGED[1:] if k in last}}
     return TrainResult(trainer.model, metrics, history)

@@ -10,7 +10,9 @@ that message, and three places show it without a traceback:
     errors.install_notebook_handler()           # a notebook: the message instead of a traceback
     with errors.friendly_errors(): main()       # a script: the message, then exit code 2
 
-Anything else is a bug and keeps its full traceback.
+Every such exception derives from `CourseError` (the one root; each keeps a second base such as
+ValueError where callers already catch that), so one handler knows them all. Anything else is a
+bug and keeps its full traceback.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
+# No module-level torch: colab.py derives its error from CourseError and runs before torch matters.
 
 
 class CourseError(Exception):
@@ -30,6 +32,10 @@ class CourseError(Exception):
 
 class RunError(CourseError):
     """A training run cannot start as asked (e.g. its folder holds another run)."""
+
+
+class UsageError(CourseError, ValueError):
+    """An argument that cannot work as given (e.g. an output file that would overwrite an input)."""
 
 
 class PlanError(CourseError, ValueError):
@@ -54,15 +60,15 @@ def redact(text: str) -> str:
 
 def expected_errors() -> tuple[type[BaseException], ...]:
     """The exception types that mean "expected failure": shown as a message, never as a traceback."""
-    from rlhf_course.loading import ModelLoadError
-    from rlhf_course.preferences import PreferenceDataError
-    from rlhf_course.profiles import ProfileError
+    import torch
 
-    return (CourseError, ProfileError, ModelLoadError, PreferenceDataError, torch.cuda.OutOfMemoryError)
+    return (CourseError, torch.cuda.OutOfMemoryError)
 
 
 def explain(err: BaseException) -> str | None:
     """The short message for an expected failure, or None for anything else (a bug: keep the traceback)."""
+    import torch
+
     if isinstance(err, torch.cuda.OutOfMemoryError):
         return memory_advice()
     if isinstance(err, expected_errors()):
@@ -96,6 +102,8 @@ def memory_advice(profile=None, checkpoint_dir: str | Path | None = None, method
 
 def free_accelerator_memory() -> None:
     """Give cached GPU memory back after a failure, so the notebook can continue."""
+    import torch
+
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

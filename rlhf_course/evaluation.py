@@ -1,6 +1,6 @@
 """Evaluation: how good is a policy, measured against the ground truth the toy world knows exactly.
 
-    result = evaluate_policy(policy, tok, reference="disable_adapter", reward_fn=rm_fn, baseline=sft_result)
+    result = evaluate_policy(policy, tok, reference="self", reward_fn=rm_fn, baseline=sft_result, **protocol(profile))
     result.summary()  # {'reward': 0.41, 'helpful': ..., 'kl': 3.2, 'win_rate': 0.71, ...}
 
 For each held-out prompt we sample a few answers at the profile's temperature (the distribution RL
@@ -11,11 +11,14 @@ trained) and measure:
   * the reward model's score (what the policy was optimised for: a gap to the ground truth is hacking);
   * the KL to the reference, KL(pi || pi_ref), estimated on the policy's own answers;
   * the win rate against a baseline (e.g. the SFT model), judged by the ground truth or the reward model.
-Prompts outside the toy world (a 7B on real prompts) get everything but the ground-truth numbers.
+Prompts outside the toy world (a 7B on real prompts) have no ground truth: there an independent `judge`
+(`gold.load_judge`, a public reward model that never trains) gives each answer its reward, and the win
+rate is judged by it.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from statistics import mean
@@ -25,8 +28,9 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhf_course import toyworld
+from rlhf_course.loading import reference_policy
 from rlhf_course.logprobs import completion_logprobs
-from rlhf_course.sampling import Completion, answer_mask, decode_responses, sample_ids
+from rlhf_course.sampling import Completion, answer_mask, decode_responses, prompt_mask, sample_ids
 from rlhf_course.toyworld import Prompt, Score
 
 RewardFn = Callable[[list, list], list[float]]  # reward_fn(prompts, completions) -> scores, as every trainer takes
@@ -66,6 +70,7 @@ class Sample:
     kl: float = NAN              # k1: sum over the answer's tokens of log pi(y_t) - log pi_ref(y_t)
     kl_k3: float = NAN           # k3: sum over the answer's tokens of (r - 1) - log r, r = pi_ref / pi
     rm_score: float = NAN        # the reward model's score, when a reward_fn was given
+    judge_score: float = NAN     # the independent judge's score, when a judge was given (no ground truth)
     score: Score | None = field(init=False, default=None)  # the ground truth (helpful, harmless)
 
     def __post_init__(self):
@@ -74,7 +79,8 @@ class Sample:
 
     @property
     def reward(self) -> float:
-        return self.score.total if self.score is not None else NAN
+        """The gold reward: the ground truth where the toy world knows it, else the judge's score."""
+        return self.score.total if self.score is not None else self.judge_score
 
 
 def _pairs(prompts: list, completions: list) -> list[tuple[Prompt | None, str]]:
@@ -105,16 +111,16 @@ def kl_to_reference(model, reference, tokenizer, query: torch.Tensor, response: 
     r = pi_ref(y_t) / pi(y_t) (Schulman, http://joschu.net/blog/kl-approx.html). Both are unbiased on pi's
     own samples; k3 is never negative and has lower variance while pi stays close to pi_ref, but r is
     unbounded: far from the reference (an SFT model vs its base) k3 has heavy tails, and k1 is the one to
-    trust. `reference`: a model, or "disable_adapter" for the same PEFT model with its LoRA adapter
-    switched off (where training started). Both distributions are taken at the sampling `temperature`."""
+    trust. `reference`: a model, or "self" for the same PEFT model as the policy training started from
+    (its LoRA adapter switched off, or its frozen "ref" adapter: `loading.reference_policy`). Both distributions are taken at the sampling `temperature`."""
     mask = answer_mask(response, tokenizer.eos_token_id)                               # (B, Tr)
     input_ids = torch.cat([query, response], dim=1)                                    # (B, T)
-    attention_mask = torch.cat([(query != tokenizer.pad_token_id).long(), mask], dim=1)  # left pad + right pad
+    attention_mask = torch.cat([prompt_mask(query, tokenizer.pad_token_id), mask], dim=1)  # left pad + right pad
     completion_mask = torch.cat([torch.zeros_like(query), mask], dim=1)                # (B, T)
     batch = (input_ids, attention_mask, completion_mask)
     logp = completion_logprobs(model, *batch, temperature=temperature)                  # (B, T-1)
-    if reference == "disable_adapter":
-        with model.disable_adapter():
+    if reference == "self":
+        with reference_policy(model):
             logp_ref = completion_logprobs(model, *batch, temperature=temperature)
     else:
         logp_ref = completion_logprobs(reference, *(t.to(reference.device) for t in batch),
@@ -131,6 +137,28 @@ def default_prompts(prompts: list | None) -> list:
     return toyworld.eval_prompts() if prompts is None else list(prompts)
 
 
+def prompts_for(profile, split: str = "eval", n: int | None = None, seed: int = 0) -> list:
+    """The prompts a profile trains on ("train") or is evaluated on ("eval"), as the trainers take them.
+    With a ground truth: the toy world's prompts (the eval ones held out of training). Without: the prompts
+    of the profile's preference set (`profile.preference_set`), the eval ones from its held-out split,
+    `profile.preference_pairs` / `profile.eval_samples` of them (offline: the course's hand-written set)."""
+    assert split in ("train", "eval"), f"split is 'train' or 'eval', not {split!r}"
+    if profile.has_ground_truth:
+        prompts = toyworld.train_prompts() if split == "train" else toyworld.eval_prompts()
+        return [p.text for p in prompts][:n]
+    n = n or (profile.preference_pairs if split == "train" else profile.eval_samples)
+    return list(_real_prompts(profile.preference_set, split, n, seed))
+
+
+@functools.lru_cache(maxsize=8)
+def _real_prompts(preference_set: str, split: str, n: int, seed: int) -> tuple:
+    from rlhf_course.preference_sets import KNOWN_SETS, load_preference_set
+
+    known = KNOWN_SETS.get(preference_set)
+    hub_split = None if known is None else known.splits[0 if split == "train" else -1]
+    return tuple(load_preference_set(preference_set, split=hub_split, n=n, seed=seed)["prompt"])
+
+
 def sample_answers(model, tokenizer, prompts: list | None = None, *, n_per_prompt: int = 4,
                    max_new_tokens: int = 64, seed: int = 0, reference=None, batch_size: int = 64,
                    temperature: float = 1.0, progress: bool = False) -> list[Sample]:
@@ -138,7 +166,7 @@ def sample_answers(model, tokenizer, prompts: list | None = None, *, n_per_promp
     With a `reference`, each sample carries its KL estimates. The caller's random state is left as it was."""
     prompts = default_prompts(prompts)
     inputs = [p.text if isinstance(p, Prompt) else p for p in prompts for _ in range(n_per_prompt)]
-    models = [model] + ([reference] if reference not in (None, "disable_adapter") else [])
+    models = [model] + ([reference] if reference not in (None, "self") else [])
     was_training = [m.training for m in models]
     for m in models:
         m.eval()  # no dropout: the same seed gives the same answers
@@ -242,6 +270,8 @@ def summarize(samples: list[Sample]) -> dict[str, float]:
                 "refusal_benign": refusal_rate(prompts, completions),
                 "refusal_harmful": refusal_rate(prompts, completions, harmful=True),
                 "sycophancy": sycophancy_rate(prompts, completions)}
+    elif not math.isnan(samples[0].judge_score):
+        out["reward"] = mean(s.judge_score for s in samples)
     if not math.isnan(samples[0].kl):
         out |= {"kl": mean(s.kl for s in samples), "kl_k3": mean(s.kl_k3 for s in samples)}
     if not math.isnan(samples[0].rm_score):
@@ -261,20 +291,41 @@ class EvalResult:
 
     @property
     def rewards(self) -> list[float]:
-        """Each answer's ground-truth reward (for `plots.plot_reward_distributions`)."""
+        """Each answer's gold reward: ground truth, or the judge's score (`plots.plot_reward_distributions`)."""
         return [s.reward for s in self.samples]
+
+
+def protocol(profile, gold: RewardFn | None = None) -> dict:
+    """The course's one evaluation protocol, as keyword arguments of `evaluate_policy`: the held-out prompts
+    (the default), 4 answers to each, sampled at the profile's temperature and answer length with seed 0,
+    in batches of 64. Every notebook evaluates every model with it, so one model shows one number
+    everywhere (the base model in notebooks 0 and 3, the SFT model in 2, 3, 6, 7 and 8), and the
+    iterative loop and the pipeline use the same numbers. Without a ground truth (the 7b profile): the
+    profile's held-out real prompts (`prompts_for`), one answer each, scored by `gold` - the judge, from
+    `gold.gold_reward_fn(profile)`, loaded once by the caller.
+
+        evaluate_policy(model, tokenizer, **protocol(profile, gold))"""
+    kwargs = dict(n_per_prompt=4, max_new_tokens=profile.max_new_tokens, temperature=profile.temperature, seed=0,
+                  batch_size=64)
+    if profile.has_ground_truth:
+        return kwargs
+    if gold is None:
+        raise ValueError("without a ground truth the protocol scores answers with the judge: "
+                         "pass gold=gold_reward_fn(profile)")
+    return kwargs | dict(prompts=prompts_for(profile, "eval"), n_per_prompt=1, batch_size=profile.batch_size, judge=gold)
 
 
 def evaluate_policy(model, tokenizer, prompts: list | None = None, *, n_per_prompt: int = 4,
                     max_new_tokens: int = 64, seed: int = 0, reference=None, reward_fn: RewardFn | None = None,
                     baseline: EvalResult | None = None, batch_size: int = 64, temperature: float = 1.0,
-                    progress: bool = False) -> EvalResult:
+                    judge: RewardFn | None = None, progress: bool = False) -> EvalResult:
     """Evaluate a policy on `prompts` (default: the toy world's held-out `eval_prompts()`).
 
-    reference: a model, or "disable_adapter" (this PEFT model without its adapter) -> "kl", "kl_k3".
+    reference: a model, or "self" (this PEFT model's own reference: `loading.reference_policy`) -> "kl", "kl_k3".
     reward_fn: reward_fn(prompts, completions) -> scores, e.g. a trained reward model -> "rm_score".
+    judge: an independent reward function for prompts without a ground truth (`gold.load_judge`) -> "reward".
     baseline: another model's EvalResult on the same prompts, n_per_prompt and seed -> "win_rate" (by
-    the ground truth) and, with reward_fn, "win_rate_rm" (by the reward model).
+    the ground truth, or the judge) and, with reward_fn, "win_rate_rm" (by the reward model).
     """
     samples = sample_answers(model, tokenizer, prompts, n_per_prompt=n_per_prompt, max_new_tokens=max_new_tokens,
                              seed=seed, reference=reference, batch_size=batch_size, temperature=temperature,
@@ -283,11 +334,17 @@ def evaluate_policy(model, tokenizer, prompts: list | None = None, *, n_per_prom
     if reward_fn is not None:
         for s, r in zip(samples, reward_fn(prompts_, completions), strict=True):
             s.rm_score = float(r)
+    if judge is not None and any(s.score is None for s in samples):
+        for s, r in zip(samples, judge(prompts_, completions), strict=True):
+            s.judge_score = float(r)
     result = EvalResult(samples)
     if baseline is not None:
         if [s.prompt for s in baseline.samples] != prompts_:
             raise ValueError("the baseline was evaluated on other prompts (or another n_per_prompt)")
-        if all(s.score is not None for s in samples):
+        if judge is not None and any(math.isnan(s.reward) for s in baseline.samples):  # judge the baseline too
+            for s, r in zip(baseline.samples, judge(*_prompts_and_completions(baseline.samples)), strict=True):
+                s.judge_score = float(r)
+        if not any(math.isnan(s.reward) for s in samples + baseline.samples):
             result.win_rates["win_rate"] = win_rate_from_scores([s.reward for s in samples], baseline.rewards)
         if reward_fn is not None:  # re-score the baseline: its stored scores may come from another model
             result.win_rates["win_rate_rm"] = win_rate_from_scores(

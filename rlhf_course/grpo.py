@@ -30,20 +30,24 @@ import math
 
 import datasets
 import torch
-from transformers import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from rlhf_course import toyworld
 from rlhf_course.best_of_n import as_prompt
-from rlhf_course.loading import keep_trainable_fp32, load_policy, load_tokenizer, lora_config
+from rlhf_course.loading import load_tokenizer, policy_for_trainer
 from rlhf_course.profiles import Profile
 from rlhf_course.sampling import Completion, as_messages
-from rlhf_course.sft import TrainResult, trl_common_args
+from rlhf_course.training import (
+    TrainResult,
+    run_trl_trainer,
+    steps_or_default,
+    trl_common_args,
+)
 
 ALGORITHMS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}
-# KL coefficient when none is given: DeepSeekMath's beta for GRPO (Sec. 4.2 of arXiv:2402.03300), on a
-# per-token KL; TRL's default for RLOO, on the KL summed over the answer (so not comparable one to one).
-DEFAULT_BETA = {"grpo": 0.04, "rloo": 0.05}
+# KL coefficient of RLOO when none is given: TRL's default, on the KL summed over the answer (GRPO's comes
+# from the profile's recipe, DeepSeekMath's 0.04 on a per-token KL: the two are not comparable one to one).
+RLOO_BETA = 0.05
 
 
 # --- the two baselines, as TRL computes them (inline in its trainers; here to be read and tested) ---
@@ -97,7 +101,7 @@ def prompt_dataset(prompts: list | None = None) -> datasets.Dataset:
 def train_grpo(
     profile: Profile, *, algorithm: str = "grpo", reward_fn=toyworld.ground_truth_rewards,
     model_id: str | None = None, prompts: list | None = None, steps: int | None = None,
-    num_generations: int = 8, learning_rate: float = 3e-3, beta: float | None = None,
+    num_generations: int = 8, learning_rate: float | None = None, beta: float | None = None,
     load_in_4bit: bool | None = None, out_dir: str | None = None, progress: bool = True, seed: int = 0,
     callbacks: list | None = None, trainer_cls=None, **trl_args,
 ) -> TrainResult:
@@ -106,7 +110,8 @@ def train_grpo(
     `reward_fn`: our protocol, e.g. `toyworld.ground_truth_rewards` or `reward_model.reward_fn(rm, tok)`.
     `steps`: optimizer steps (default `profile.ppo_steps`), each on `profile.batch_size` completions
     = `profile.batch_size / num_generations` prompts, of at most `profile.max_new_tokens` tokens.
-    `beta`: the KL coefficient (see `DEFAULT_BETA`); 0 skips the reference model.
+    `learning_rate`, `beta` (the KL coefficient; 0 skips the reference model): default from the profile's
+    recipe (RLOO's beta: `RLOO_BETA`).
     `trl_args`: any other field of `GRPOConfig`/`RLOOConfig` (e.g. `loss_type="grpo"`, `epsilon`).
     `trainer_cls`: a subclass of TRL's trainer to use instead (e.g. `grpo_variants.DynamicSamplingGRPOTrainer`).
 
@@ -115,16 +120,16 @@ def train_grpo(
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
     config_cls, default_trainer_cls = ALGORITHMS[algorithm]
-    steps = steps or profile.ppo_steps
+    steps = steps_or_default(steps, profile.ppo_steps)
     tokenizer = load_tokenizer(profile, model_id)
-    model = load_policy(profile, lora=False, load_in_4bit=load_in_4bit, model_id=model_id, verbose=progress)
+    model, peft_config = policy_for_trainer(profile, model_id, load_in_4bit, verbose=progress)
 
     common = trl_common_args(profile, steps, out_dir, progress, seed)
     common["logging_steps"] = 1  # one history row per step: a reward curve, even for a 10-step run
     args = config_cls(**{
         **common,
-        "learning_rate": learning_rate,
-        "beta": DEFAULT_BETA[algorithm] if beta is None else beta,
+        "learning_rate": learning_rate or profile.recipe.grpo_learning_rate,
+        "beta": beta if beta is not None else profile.recipe.grpo_beta if algorithm == "grpo" else RLOO_BETA,
         "num_generations": num_generations,
         "max_completion_length": profile.max_new_tokens,
         # 2. sampling from the policy at the profile's temperature (TRL scores log-probs at the same
@@ -139,15 +144,12 @@ def train_grpo(
     trainer = (trainer_cls or default_trainer_cls)(
         model=model, reward_funcs=trl_reward_func(reward_fn, list(eos_token_ids)), args=args,
         train_dataset=prompt_dataset(prompts), processing_class=tokenizer,
-        # 4. a fresh LoRA adapter; the reference is the same model with the adapter disabled
-        peft_config=lora_config(profile), callbacks=callbacks,
+        # 4. a fresh LoRA adapter, the reference being the same model with the adapter disabled; or (7b) the
+        #    SFT adapter itself, continued, with its frozen copy "ref" as the reference (TRL makes it)
+        peft_config=peft_config, callbacks=callbacks,
     )
-    if not progress:
-        trainer.remove_callback(PrinterCallback)  # without a progress bar, Trainer prints every log line
-    keep_trainable_fp32(trainer.model)
-    out = trainer.train()
-
-    history = [h for h in trainer.state.log_history if "reward" in h]  # the final summary row has no reward
+    # the final summary row has no reward: the history is the rows that do
+    out, history = run_trl_trainer(trainer, profile, progress=progress, desc=algorithm.upper(), history_key="reward")
     k = max(1, len(history) // 5)  # average the first and last fifth: one step's mean reward is noisy
     metrics = {
         "reward_first": sum(h["reward"] for h in history[:k]) / k,

@@ -152,7 +152,7 @@ def train_variant(profile: Profile, variant: str, *, steps: int = 20, model_id: 
     `grpo.train_grpo`. `history`: every logged row; `metrics`: train_grpo's, plus `train_seconds`,
     `clip_ratio` (share of tokens clipped, over the updates where the clip can act) and, for dapo,
     `informative` (share of sampled groups whose rewards were not all equal)."""
-    from rlhf_course import checkpoints
+    from rlhf_course import trained_models
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
@@ -161,7 +161,7 @@ def train_variant(profile: Profile, variant: str, *, steps: int = 20, model_id: 
     beta = settings.pop("beta")
     logs = _KeepLogs()
     start = time.perf_counter()
-    result = train_grpo(profile, reward_fn=steps_reward, model_id=model_id or checkpoints.sft_model(profile),
+    result = train_grpo(profile, reward_fn=steps_reward, model_id=model_id or trained_models.sft_model(profile),
                         prompts=prompts or rlvr_prompts()[0], steps=steps, num_generations=num_generations,
                         learning_rate=learning_rate, beta=beta, progress=progress, seed=seed, callbacks=[logs],
                         trainer_cls=DynamicSamplingGRPOTrainer if dynamic else None, **settings)

@@ -22,6 +22,7 @@ check); 3. the labelling session (the pure core) and headless labelling; 4. the 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import html
 import itertools
@@ -37,11 +38,13 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from rlhf_course import toyworld
-from rlhf_course.preferences import Problem
+from rlhf_course.errors import CourseError
+from rlhf_course.preferences import Problem, check_values, parse_jsonl_line
 
 DECISIONS = ("a", "b", "tie", "skip")  # what a labeller can answer; ties and skips teach no preference
 MUCH_BETTER_MARGIN = 1.0  # the `margin` of a "much better" label (Llama 2's margin loss, Eq. 2 of arXiv:2307.09288)
 FIELDS = ("pair_id", "prompt", "answer_a", "answer_b", "decision", "much_better", "labeller", "time")
+_NEW_FILE_LABELLERS: dict[str, str] = {}  # label file -> the id given to the first session on it (this kernel)
 
 
 # ------------------------------------------------------------------------------ 1. pairs
@@ -124,7 +127,7 @@ class Label:
         return {"type": "label", **{name: getattr(self, name) for name in FIELDS}}
 
 
-class LabelFileError(ValueError):
+class LabelFileError(CourseError, ValueError):
     """A label file with problems; `.problems` lists every one of them (FILE:LINE: field: problem)."""
 
     def __init__(self, problems: list[Problem]):
@@ -132,39 +135,72 @@ class LabelFileError(ValueError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class LabelSaveError(CourseError, OSError):
+    """A label could not be written (a full disk, a read-only folder); the labels before it are kept."""
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
 def append_record(path: str | Path, record: dict) -> None:
-    """Append one JSON line and force it to disk (flush + fsync): a crash right after loses nothing."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one JSON line and force it to disk (fsync): a crash right after loses nothing. The
+    line is written whole or not at all: a write that fails half-way (a full disk) is cut off again,
+    and a torn last line that a crash left is repaired before anything is appended after it."""
+    path = Path(path)
+    if path.exists() and path.stat().st_size and not _ends_with_newline(path):
+        repair_torn_tail(path)
+    line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            _write_all(fd, line)
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, size)  # whole lines or nothing: the labels before this one stay readable
+            raise
+    finally:
+        os.close(fd)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def repair_torn_tail(path: str | Path) -> str | None:
     """A crash in the middle of a write can leave a last line without its newline. If that line is not
-    valid JSON it was never a complete decision: cut it off. Returns a note when something was done."""
+    valid JSON it was never a complete decision: cut it off (the file is truncated after its last
+    newline, never rewritten). Returns a note when something was done."""
     path = Path(path)
     if not path.exists():
         return None
     data = path.read_bytes()
     if not data or data.endswith(b"\n"):
         return None
-    head, _, tail = data.rpartition(b"\n")
+    cut = data.rfind(b"\n") + 1  # 0: the only line is torn
+    tail = data[cut:]
     try:
         json.loads(tail.decode("utf-8"))
-        note = f"{path}: added the missing newline at the end"
-        new = data + b"\n"
     except (UnicodeDecodeError, json.JSONDecodeError):
+        os.truncate(path, cut)
         note = f"{path}: removed an unfinished last line (a write cut by a crash): {tail[:60]!r}"
-        new = head + b"\n" if head else b""
-    with open(path, "wb") as f:
-        f.write(new)
-        f.flush()
-        os.fsync(f.fileno())
+    else:
+        with open(path, "ab") as f:
+            f.write(b"\n")
+        note = f"{path}: added the missing newline at the end"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return note
 
 
@@ -210,6 +246,7 @@ class LabelLog:
     labels: list[Label] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     n_undone: int = 0
+    warnings: list[str] = field(default_factory=list)  # e.g. an unfinished last line, left out
 
     @property
     def ok(self) -> bool:
@@ -232,19 +269,24 @@ def read_labels(path: str | Path) -> LabelLog:
         log.problems.append(Problem(path, 0, "file", f"cannot read file: {err.strerror or err}"))
         return log
     standing: dict[tuple[str, str], Label] = {}  # (labeller, pair_id) -> label; dicts keep insertion order
-    for line, raw in enumerate(data.splitlines(), start=1):
+    raw_lines = data.splitlines()
+    for line, raw in enumerate(raw_lines, start=1):
         def problem(name: str, message: str, line=line) -> None:
             log.problems.append(Problem(path, line, name, message))
 
         if not raw.strip():
             continue
+        torn = line == len(raw_lines) and not data.endswith(b"\n")  # a crash cut the last write short
         try:
-            record = json.loads(raw.decode("utf-8"))
+            record, bad = parse_jsonl_line(raw.decode("utf-8"))
         except UnicodeDecodeError:
-            problem("encoding", "not valid UTF-8")
+            record, bad = None, ("encoding", "not valid UTF-8")
+        if bad and torn:
+            log.warnings.append(f"{path}:{line}: left out an unfinished last line (a write cut short by a crash): "
+                                f"{raw[:60]!r}")
             continue
-        except json.JSONDecodeError as err:
-            problem("json", f"invalid JSON: {err.msg} (column {err.colno})")
+        if bad:
+            problem(*bad)
             continue
         if not isinstance(record, dict):
             problem("record", f"must be a JSON object {{...}}, got {_type_name(record)}")
@@ -263,6 +305,7 @@ def read_labels(path: str | Path) -> LabelLog:
         elif kind == "label":
             before = len(log.problems)
             _check_label(record, problem)
+            check_values(record, "", problem)  # NUL bytes, lone surrogates, numbers no column holds, nesting
             if len(log.problems) > before:
                 continue
             label = Label(**{name: record[name] for name in FIELDS})
@@ -301,11 +344,18 @@ class LabellingSession:
         log = read_labels(self.path) if self.path.exists() else LabelLog(str(self.path))
         if not log.ok:
             raise LabelFileError(log.problems)
-        if len(log.labellers) > 1 or (labeller and log.labellers and log.labellers != [labeller]):
-            raise ValueError(f"{self.path} holds the labels of {', '.join(log.labellers)}: one file per labeller "
-                             f"(pass labeller={log.labellers[0]!r}, or use another file)")
-        self.labeller = labeller or (log.labellers[0] if log.labellers else f"labeller-{uuid.uuid4().hex[:8]}")
+        if len(log.labellers) > 1:
+            raise self._error(f"holds the labels of {', '.join(log.labellers)} (one file per labeller): label into "
+                              "another file; `rlhf-course labels merge` counts every labeller's file")
+        if labeller and log.labellers and log.labellers != [labeller]:
+            raise self._error(f"holds the labels of {log.labellers[0]}, not {labeller}: pass "
+                              f"labeller={log.labellers[0]!r} to continue them, or use another file")
+        # A new file: the id is shared with any other session this kernel opened on it (a cell run twice),
+        # so both widgets write one labeller's labels.
+        new_id = _NEW_FILE_LABELLERS.setdefault(str(self.path.resolve()), f"labeller-{uuid.uuid4().hex[:8]}")
+        self.labeller = labeller or (log.labellers[0] if log.labellers else new_id)
         self.history: list[Label] = list(log.labels)  # the standing labels, oldest first (undo pops the last)
+        self._size = self.path.stat().st_size if self.path.exists() else 0  # what this session has seen
         self.pairs: dict[str, Pair] = {}
         for pair in pairs:
             if pair.answer_a != pair.answer_b:
@@ -339,23 +389,26 @@ class LabellingSession:
         return self.current is None
 
     # -- actions
-    def record(self, decision: str, much_better: bool = False) -> Label:
-        """Label the current pair and write it to the file before returning."""
-        pair = self.current
+    def record(self, decision: str, much_better: bool = False, pair: Pair | None = None) -> Label:
+        """Label `pair` (default: the current one; the widget passes the pair it shows) and write it to
+        the file before returning. Raises LabelSaveError when it cannot be written (nothing is lost)."""
+        pair = pair or self.current
         if pair is None:
             raise RuntimeError("every pair is labelled already")
         decision, much_better = _as_decision((decision, much_better))
         label = Label(pair.id, pair.prompt, pair.answer_a, pair.answer_b, decision, much_better, self.labeller, _now())
-        append_record(self.path, label.to_json())
-        self.history.append(label)
+        self._append(label.to_json())
+        self.history = [h for h in self.history if h.pair_id != pair.id] + [label]  # a new decision replaces
         return label
 
     def undo(self) -> Label | None:
         """Take back the most recent label (written as an "undo" line); its pair is asked again next."""
+        self._sync()
         if not self.history:
             return None
-        label = self.history.pop()
-        append_record(self.path, {"type": "undo", "pair_id": label.pair_id, "labeller": self.labeller, "time": _now()})
+        label = self.history[-1]
+        self._append({"type": "undo", "pair_id": label.pair_id, "labeller": self.labeller, "time": _now()})
+        self.history.pop()
         if label.pair_id in self.pairs:
             self._order.remove(label.pair_id)
             self._order.insert(0, label.pair_id)
@@ -373,6 +426,35 @@ class LabellingSession:
     def status(self) -> str:
         done, total = self.progress
         return f"{done} / {total} pairs labelled ({self.path})"
+
+    # -- the file
+    def _error(self, message: str) -> LabelFileError:
+        return LabelFileError([Problem(str(self.path), 0, "labeller", message)])
+
+    def _sync(self) -> None:
+        """Take in what another session wrote to this file since we last looked (the same cell shown
+        twice); refuse if it was another labeller (two kernels, two people)."""
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size == self._size:
+            return
+        log = read_labels(self.path)
+        if not log.ok:
+            raise LabelFileError(log.problems)
+        others = [name for name in log.labellers if name != self.labeller]
+        if others:
+            raise self._error(f"{', '.join(others)} is labelling into this file too (another notebook or kernel?): "
+                              "one file per labeller; label into another file")
+        self.history, self._size = list(log.labels), size
+
+    def _append(self, record: dict) -> None:
+        self._sync()
+        try:
+            append_record(self.path, record)
+        except OSError as err:
+            why = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else (err.strerror or str(err))
+            raise LabelSaveError(f"this label was NOT saved: {why} ({self.path}). The {len(self.history)} labels "
+                                 "before it are kept; free some space, then click again") from err
+        self._size = self.path.stat().st_size
 
 
 def label_pairs(pairs: Iterable[Pair], path: str | Path, labeller: Callable[[Pair], str | tuple[str, bool]],
@@ -443,10 +525,15 @@ class LabellingWidget:
         self.refresh()
 
     def _repr_mimebundle_(self, **kwargs):  # `display(widget)` shows the box
-        return self.box._repr_mimebundle_(**kwargs)
+        if hasattr(self.box, "_repr_mimebundle_"):  # ipywidgets 8
+            return self.box._repr_mimebundle_(**kwargs)
+        # ipywidgets 7 (Colab's: its widget manager renders 7, not 8): the view that 7's display sends
+        return {"text/plain": repr(self.box), "application/vnd.jupyter.widget-view+json":
+                {"version_major": 2, "version_minor": 0, "model_id": self.box._model_id}}
 
     def refresh(self) -> None:
         pair, (done, total) = self.session.current, self.session.progress
+        self.shown = pair
         self.bar.value = done
         note = f" (resumed: {self.session.resumed} already labelled)" if self.session.resumed else ""
         self.status.value = f"{done} / {total} labelled{note} &mdash; saved to <code>{html.escape(str(self.session.path))}</code>"
@@ -463,25 +550,38 @@ class LabellingWidget:
         for box, name, answer in zip(self.answers, "AB", (pair.answer_a, pair.answer_b)):
             box.value = f"<b>{name}</b><br>{html.escape(answer)}"
 
-    def click(self, decision: str) -> Label:
-        """What a button does: record the decision (with the "much better" box), then show the next pair."""
-        label = self.session.record(decision, self.much_better.value and decision in ("a", "b"))
+    def click(self, decision: str) -> Label | None:
+        """What a button does: record the decision about the pair shown (with the "much better" box),
+        then show the next pair. A label that cannot be saved is said in red; the pair stays shown."""
+        try:
+            label = self.session.record(decision, self.much_better.value and decision in ("a", "b"), pair=self.shown)
+        except (LabelSaveError, LabelFileError) as err:
+            self._show_error(err)
+            return None
         self.much_better.value = False
         self.refresh()
         return label
 
     def undo(self) -> Label | None:
-        label = self.session.undo()
+        try:
+            label = self.session.undo()
+        except (LabelSaveError, LabelFileError) as err:
+            self._show_error(err)
+            return None
         self.refresh()
         return label
+
+    def _show_error(self, err: Exception) -> None:
+        self.status.value = f'<b style="color:#b00020">{html.escape(str(err))}</b>'
 
     def autolabel(self, labeller: Callable[[Pair], str | tuple[str, bool]], limit: int | None = None) -> int:
         """Let a function press the buttons (how the stored notebook run and the tests drive the widget)."""
         n = 0
-        while self.session.current is not None and (limit is None or n < limit):
-            decision, much_better = _as_decision(labeller(self.session.current))
+        while self.shown is not None and (limit is None or n < limit):
+            decision, much_better = _as_decision(labeller(self.shown))
             self.much_better.value = much_better
-            self.click(decision)
+            if self.click(decision) is None:  # not saved: the widget says why
+                break
             n += 1
         return n
 
@@ -641,6 +741,7 @@ class MergeResult:
     n_no_preference: int                         # pairs with only ties and skips
     n_no_majority: int                           # pairs whose a/b votes split evenly
     agreement: Agreement
+    warnings: list[str] = field(default_factory=list)  # e.g. an unfinished last line, left out (FILE:LINE)
 
     def summary(self) -> str:
         lines = [f"{len(self.files)} label files merged, {len(self.skipped)} skipped; "
@@ -660,6 +761,41 @@ def label_files(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
+def is_label_file(path: str | Path, lines: int = 5) -> bool:
+    """Whether `path` looks like a label file: a "label" or "undo" record among its first lines."""
+    try:
+        with open(path, "rb") as f:
+            for raw in itertools.islice((r for r in f if r.strip()), lines):
+                try:
+                    record = json.loads(raw.decode("utf-8-sig"))
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("type") in ("label", "undo"):
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def merge_output_problem(out: str | Path, inputs: Iterable[str | Path]) -> str | None:
+    """Why the merged file must not be written to `out` (None: it may): a folder, one of the label
+    files being merged, any existing label file, or a .jsonl inside a folder being merged (the next
+    merge would read it as a label file). Nobody's labels are ever overwritten."""
+    out = Path(out)
+    if out.is_dir():
+        return f"--out {out} is a folder: name the merged file, e.g. --out class_preferences.jsonl"
+    files = {p.resolve() for p in label_files(inputs)}
+    if out.resolve() in files:
+        return f"--out {out} is one of the label files being merged: it is never overwritten; choose another name"
+    if out.exists() and is_label_file(out):
+        return f"--out {out} is a label file: it is never overwritten; choose another name"
+    for folder in (Path(p) for p in inputs):
+        if folder.is_dir() and out.suffix == ".jsonl" and out.resolve().is_relative_to(folder.resolve()):
+            return (f"--out {out} is inside {folder}, which is being merged: the next merge would read it as a "
+                    "label file; write it outside that folder")
+    return None
+
+
 def majority(votes: list[str]) -> str | None:
     """The answer with the most votes, or None when the top two tie (an even split teaches nothing)."""
     ranked = Counter(votes).most_common()
@@ -672,7 +808,8 @@ def merge_labels(paths: Iterable[str | Path], *, much_better_margin: float = MUC
                  conversational: bool = True) -> MergeResult:
     """Merge students' label files (files, or folders of *.jsonl) into preference records.
 
-    1. A file with any problem is skipped as a whole, and every problem is reported (FILE:LINE).
+    1. A file with any problem is skipped as a whole, and every problem is reported (FILE:LINE). An
+       unfinished last line (a crash in the middle of a write) is only a warning: the rest is merged.
     2. Each labeller votes once per pair (their last standing label); ties and skips are not votes.
     3. Votes are counted on the answers' text, so two people who saw A and B swapped still agree.
     4. The majority answer is `chosen`; an even split is dropped. `votes` and `votes_chosen` keep the
@@ -681,8 +818,10 @@ def merge_labels(paths: Iterable[str | Path], *, much_better_margin: float = MUC
     files = label_files(paths)
     skipped: dict[str, list[Problem]] = {}
     labels: list[Label] = []
+    warnings: list[str] = []
     for path in files:
         log = read_labels(path)
+        warnings += log.warnings
         if log.ok:
             labels += log.labels
         else:
@@ -719,5 +858,5 @@ def merge_labels(paths: Iterable[str | Path], *, much_better_margin: float = MUC
         labellers=sorted({label.labeller for label in final.values()}),
         n_labels={d: counts.get(d, 0) for d in DECISIONS},
         n_pairs=len(by_pair), n_no_preference=n_no_preference, n_no_majority=n_no_majority,
-        agreement=labeller_agreement(final.values()),
+        agreement=labeller_agreement(final.values()), warnings=warnings,
     )

@@ -15,6 +15,14 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: floa
     return logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
 
 
+def sequence_logprob(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """log pi(completion | prompt) of each sequence from the logits of its forward pass: the sum over the
+    completion's tokens of log_softmax(logits)[t] at token t + 1 (the logits at t predict token t + 1).
+
+    logits: (B, T, V); input_ids, completion_mask: (B, T), 1 on the completion's tokens. Returns (B,)."""
+    return (token_logprobs(logits[:, :-1], input_ids[:, 1:]) * completion_mask[:, 1:]).sum(dim=1)
+
+
 def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                         completion_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Per-token log-probs of the completion part of each sequence.

@@ -29,7 +29,7 @@ the tiny model in 4-bit); 5 is exact per layer against PyTorch's saved-tensor ho
 7b profile's dtypes (autocast or fp32, LoRA dropout on); the transients in 5-7 are approximations,
 stated where they are made. Sequences are counted at the full `max_length` (an upper bound: real
 batches are padded to their longest pair). Without a GPU here, the ratio estimate/measured peak is
-not recorded: `scripts/measure_memory.py`-style measurements belong on a GPU (see docs/reliability.md).
+not recorded: `rlhf-course gpu-check` measures them on any CUDA GPU (see docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -191,6 +191,13 @@ def lora_parameter_count(arch: Architecture, r: int, targets=TARGETS) -> int:
     return arch.num_hidden_layers * sum(r * (i + o) for name, (i, o, _) in arch.linears().items() if name in targets)
 
 
+def count_lora_params(config, r: int, targets=TARGETS) -> int:
+    """Trainable LoRA parameters on a Hugging Face model config (a `PretrainedConfig` or its dict), what
+    peft's `get_nb_trainable_parameters` reports for LoRA of rank r on `targets` (notebook 3)."""
+    as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return lora_parameter_count(Architecture.from_config(as_dict), r, targets)
+
+
 def trained_bytes(n_params: int, dtype_bytes: int = FP32) -> int:
     """A trained parameter with its gradient and AdamW's exp_avg and exp_avg_sq, all in its dtype.
     (AdamW's `step` counters live on the CPU unless capturable/fused.)"""
@@ -345,9 +352,11 @@ def plan(model: str | Architecture = "mistral-7b", method: str = "dpo", gpu: str
     if method == "ppo":
         add("value head + grads + AdamW", trained_bytes(H + 1))
         add("reward model: 2nd LoRA adapter + score head", FP32 * (n_lora + H), "frozen, on the same 4-bit base")
+    if method in ("ppo", "dpo"):  # training continues the SFT adapter; its frozen copy is pi_ref (loading.reference_policy)
+        add("reference: frozen copy of the SFT adapter", FP32 * n_lora, "the SFT model is an adapter on a 4-bit base")
 
     # the training step
-    autocast = None if method == "ppo" else c  # our PPO runs without autocast: fp32 outside the 4-bit matmuls
+    autocast = c  # fp16 or bf16 autocast in every trainer, ours (PPO: accelerate's mixed precision) and TRL's
     step = {
         "activations: checkpoints (each layer's input)": checkpoint_bytes(arch, tokens),
         "activations: one layer recomputed": layer_saved_bytes(arch, sequences, T, autocast_bytes=autocast,

@@ -21,11 +21,11 @@ import contextlib
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from statistics import mean, stdev
-from typing import Callable
 
-from rlhf_course import checkpoints, toyworld
+from rlhf_course import toyworld, trained_models
 from rlhf_course.evaluation import evaluate_policy
 from rlhf_course.parallel import start_jobs
 from rlhf_course.profiles import Profile
@@ -45,9 +45,9 @@ class Sizes:
     eval_n_per_prompt: int = 4      # answers per held-out prompt (40 prompts)
 
 
-def evaluate_method(model, tokenizer, profile: Profile, *, reference="disable_adapter", n_per_prompt: int = 4,
+def evaluate_method(model, tokenizer, profile: Profile, *, reference="self", n_per_prompt: int = 4,
                     seed: int = 1) -> dict:
-    """Gold reward, KL to the SFT model (`reference`: "disable_adapter" for a LoRA policy on the SFT
+    """Gold reward, KL to the SFT model (`reference`: "self" for a LoRA policy on the SFT
     model, else the SFT model itself), length and the verifier's pass rate on the how-to prompts."""
     from rlhf_course.grpo_variants import steps_in_order
 
@@ -68,7 +68,7 @@ def family_run(profile: Profile, loss_type: str, sizes: Sizes, seed: int) -> dic
     from rlhf_course.dpo_family import FamilyConfig, train_preference
     from rlhf_course.loading import load_tokenizer
 
-    sft = checkpoints.sft_model(profile)
+    sft = trained_models.sft_model(profile)
     result = train_preference(profile, loss_type, model_id=sft,
                               config=FamilyConfig(steps=sizes.family_steps, batch_size=sizes.family_batch, seed=seed))
     row = evaluate_method(result.model, load_tokenizer(profile, sft), profile, n_per_prompt=sizes.eval_n_per_prompt)
@@ -81,7 +81,7 @@ def grpo_run(profile: Profile, variant: str, sizes: Sizes, seed: int) -> dict:
 
     with _quiet():
         result = train_variant(profile, variant, steps=sizes.grpo_steps, seed=seed)
-    sft = checkpoints.sft_model(profile)
+    sft = trained_models.sft_model(profile)
     row = evaluate_method(result.model, load_tokenizer(profile, sft), profile, n_per_prompt=sizes.eval_n_per_prompt)
     return {**row, "seconds": result.metrics["train_seconds"], "clip_ratio": result.metrics["clip_ratio"],
             "informative": result.metrics.get("informative", math.nan)}
@@ -95,9 +95,9 @@ def dpo_loop_run(profile: Profile, online: bool, sizes: Sizes, seed: int) -> dic
     from rlhf_course.loading import load_policy, load_tokenizer
     from rlhf_course.reward_model import load_trained_reward_model
 
-    sft = checkpoints.sft_model(profile)
+    sft = trained_models.sft_model(profile)
     tokenizer = load_tokenizer(profile, sft)
-    judge = RewardModelJudge(load_trained_reward_model(profile, checkpoints.reward_model(profile), verbose=False),
+    judge = RewardModelJudge(load_trained_reward_model(profile, trained_models.reward_model_dir(profile), verbose=False),
                              tokenizer)
     rounds = sizes.online_rounds if online else 1
     factor = 1 if online else sizes.online_rounds
@@ -115,7 +115,7 @@ def dpo_loop_run(profile: Profile, online: bool, sizes: Sizes, seed: int) -> dic
 def sft_row(profile: Profile, sizes: Sizes) -> dict:
     from rlhf_course.loading import load_policy, load_tokenizer
 
-    sft = checkpoints.sft_model(profile)
+    sft = trained_models.sft_model(profile)
     model = load_policy(profile, model_id=sft, verbose=False)  # a fresh adapter: the SFT model itself
     return {**evaluate_method(model, load_tokenizer(profile, sft), profile, n_per_prompt=sizes.eval_n_per_prompt),
             "seconds": 0.0}

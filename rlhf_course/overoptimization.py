@@ -20,7 +20,7 @@ The lab, top to bottom:
     lab = run_lab(profile, LabConfig())          # or: rlhf-course overoptimization --out DIR
     lab["best_of_n"], lab["ppo"], lab["remedies"]
 
-The proxy is the reward model trained on labels with a verbosity bias (`checkpoints.reward_model(profile,
+The proxy is the reward model trained on labels with a verbosity bias (`trained_models.reward_model_dir(profile,
 "length_biased")`): where over-optimisation shows most clearly. Plots are in `overoptimization_plots`.
 """
 
@@ -29,13 +29,13 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from statistics import mean
-from typing import Callable
 
 import torch
 
-from rlhf_course import checkpoints, toyworld
+from rlhf_course import toyworld, trained_models
 from rlhf_course.best_of_n import best_of_n, best_of_n_kl, score_in_batches
 from rlhf_course.errors import CourseError
 from rlhf_course.evaluation import evaluate_policy
@@ -170,7 +170,7 @@ class Ensemble:
         self.shift, self.scale = [0.0] * len(members), [1.0] * len(members)
         self.__name__ = f"ensemble_{aggregate}"
 
-    def calibrate(self, prompts: list, completions: list) -> "Ensemble":
+    def calibrate(self, prompts: list, completions: list) -> Ensemble:
         for i, member in enumerate(self.members):
             s = torch.tensor(score_in_batches(member, prompts, completions))
             self.shift[i], self.scale[i] = s.mean().item(), s.std().item() + 1e-6
@@ -261,7 +261,7 @@ def ppo_curve(profile: Profile, tokenizer, *, reward: str = "proxy", kl_coef: fl
               progress: bool = False) -> list[dict]:
     """PPO from the SFT model (`ppo.PPOTrainer`, its defaults otherwise) against `reward`: "proxy" (the
     length-biased reward model), "ensemble_mean" / "ensemble_worst" (`Ensemble` of the length-biased
-    ensemble, `checkpoints.reward_model_ensemble`), optionally `length_penalised`. Every `eval_every`
+    ensemble, `trained_models.reward_model_ensemble`), optionally `length_penalised`. Every `eval_every`
     iterations (and before the first) the policy is evaluated on the held-out prompts: KL to the SFT model
     (`evaluation.kl_to_reference`, k1, per answer), the optimised reward's mean ("proxy"), the gold reward
     and the length. One row per evaluation: {"step", "kl", "proxy", "gold", "length"}."""
@@ -269,14 +269,14 @@ def ppo_curve(profile: Profile, tokenizer, *, reward: str = "proxy", kl_coef: fl
     from rlhf_course.ppo import AdapterRewardModel, PPOConfig, PPOTrainer
 
     torch.manual_seed(seed)  # the LoRA adapter's initialisation
-    policy = load_policy(profile, model_id=checkpoints.sft_model(profile), verbose=False)
+    policy = load_policy(profile, model_id=trained_models.sft_model(profile), verbose=False)
     eval_prompts = [p.text for p in toyworld.eval_prompts()]
     if reward == "proxy":
-        reward_fn = AdapterRewardModel(policy, tokenizer, checkpoints.reward_model(profile, "length_biased"))
+        reward_fn = AdapterRewardModel(policy, tokenizer, trained_models.reward_model_dir(profile, "length_biased"))
     elif reward in ("ensemble_mean", "ensemble_worst"):
         # every member is one more LoRA adapter on the policy's base (ppo.AdapterRewardModel)
         members = [AdapterRewardModel(policy, tokenizer, path, adapter_name=f"reward{i}")
-                   for i, path in enumerate(checkpoints.reward_model_ensemble(profile))]
+                   for i, path in enumerate(trained_models.reward_model_ensemble(profile))]
         reward_fn = Ensemble(members, reward.removeprefix("ensemble_"))
         calib_prompts = random.Random(seed).sample([p.text for p in toyworld.train_prompts()], 64)
         calib = evaluate_policy(policy, tokenizer, calib_prompts, n_per_prompt=1, seed=seed + 1,
@@ -293,7 +293,7 @@ def ppo_curve(profile: Profile, tokenizer, *, reward: str = "proxy", kl_coef: fl
     for step in range(steps + 1):
         if step % eval_every == 0:
             result = evaluate_policy(trainer.policy, tokenizer, eval_prompts, n_per_prompt=eval_n_per_prompt,
-                                     seed=seed + 1, reference="disable_adapter", reward_fn=reward_fn,
+                                     seed=seed + 1, reference="self", reward_fn=reward_fn,
                                      max_new_tokens=profile.max_new_tokens, temperature=profile.temperature)
             s = result.summary()
             rows.append({"step": step, "kl": s["kl"], "proxy": s["rm_score"], "gold": s["reward"],
@@ -311,7 +311,7 @@ def ppo_job(profile: Profile, kwargs: dict) -> list[dict]:
     """`ppo_curve` with its own tokenizer: a job for `parallel.start_jobs`."""
     from rlhf_course.loading import load_tokenizer
 
-    return ppo_curve(profile, load_tokenizer(profile, checkpoints.sft_model(profile)), **kwargs)
+    return ppo_curve(profile, load_tokenizer(profile, trained_models.sft_model(profile)), **kwargs)
 
 
 # --- 5. the whole lab --------------------------------------------------------------------------------
@@ -327,12 +327,12 @@ def run_lab(profile: Profile, config: LabConfig = LabConfig(), progress: bool = 
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    sft = checkpoints.sft_model(profile)
+    sft = trained_models.sft_model(profile)
     tokenizer = load_tokenizer(profile, sft)
     policy = load_policy(profile, lora=False, model_id=sft, verbose=False)
     rms = [reward_fn(load_trained_reward_model(profile, path, verbose=False), tokenizer)
-           for path in checkpoints.reward_model_ensemble(profile)]
-    default_rm = reward_fn(load_trained_reward_model(profile, checkpoints.reward_model(profile), verbose=False),
+           for path in trained_models.reward_model_ensemble(profile)]
+    default_rm = reward_fn(load_trained_reward_model(profile, trained_models.reward_model_dir(profile), verbose=False),
                            tokenizer)
     sample = dict(max_new_tokens=profile.max_new_tokens, temperature=profile.temperature)
 

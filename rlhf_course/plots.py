@@ -19,10 +19,32 @@ import matplotlib
 if matplotlib.rcParams._get("backend") is matplotlib.rcsetup._auto_backend_sentinel:
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 KL_LABEL = "KL(π ‖ π_ref) (nats per answer)"
 REWARD_LABEL = "ground-truth reward (mean per answer)"
+# What a logged key means, for the y-axis (the panel's title keeps the key, as TRL and our PPO log it).
+METRICS = {
+    "loss": "training loss (lower: better fit)",
+    "mean_token_accuracy": "share of answer tokens predicted",
+    "accuracy": "share of pairs ranked right",
+    "margin": "reward gap, chosen − rejected",
+    "reward": "reward (mean per answer)",
+    "answer_tokens": "answer length (tokens)",
+    "reward/score": "reward model's score (mean)",
+    "reward/monitor": REWARD_LABEL,
+    "objective/kl": "KL to the reference (nats per answer)",
+    "kl": "KL to the reference (nats per token)",
+    "policy/entropy": "entropy (nats per token)",
+    "policy/clipfrac": "share of tokens clipped",
+    "policy/approx_kl": "KL to the previous policy (nats per token)",
+    "loss/value": "value loss",
+    "rollout/length": "answer length (tokens)",
+    "completions/mean_length": "answer length (tokens)",
+    "logps/chosen": "log π(chosen answer) (nats)",
+    "logps/rejected": "log π(rejected answer) (nats)",
+}
 
 
 def _finish(fig: Figure, path: str | Path | None) -> Figure:
@@ -69,11 +91,18 @@ def _check_keys(history: list[dict], keys: list[str]) -> None:
 
 # --- training -----------------------------------------------------------------------------------
 
+def _ends(values: list[float]) -> tuple[float, float]:
+    """The start and end of a curve, robust to noise: the means of its first and last tenth (at least 1 point)."""
+    k = max(1, len(values) // 10)
+    return mean(values[:k]), mean(values[-k:])
+
+
 def plot_training_curves(history: list[dict], keys: list[str], title: str = "Training curves", smooth: float = 0.0,
                          path: str | Path | None = None) -> Figure:
     """One panel per logged key over training steps. `history`: a list of dicts with a "step" key
     (TRL's `trainer.state.log_history`, our PPO history). smooth in [0, 1): EMA weight; the raw curve
-    stays in the background."""
+    stays in the background. Each panel says what its key means (METRICS) and, on the right of its
+    title, where the curve started and ended (the mean of its first and last tenth)."""
     _check_keys(history, keys)
     fig, axes = _grid(len(keys))
     for ax, key in zip(axes, keys):
@@ -81,11 +110,15 @@ def plot_training_curves(history: list[dict], keys: list[str], title: str = "Tra
         if smooth > 0:
             ax.plot(steps, values, color="C0", alpha=0.25, label="raw")
             ax.plot(steps, smooth_ema(values, smooth), color="C0", label=f"smoothed ({smooth})")
-            ax.legend(fontsize="small")
         else:
             ax.plot(steps, values, color="C0", marker="." if len(steps) < 30 else None)
-        ax.set(title=key, xlabel="training step", ylabel=key)
+        start, end = _ends(values)
+        ax.set_title(key)
+        ax.set_title(f"{start:.3g} → {end:.3g}", loc="right", fontsize="small", color="0.35")
+        ax.set(xlabel="training step", ylabel=METRICS.get(key, key))
         ax.grid(alpha=0.3)
+    if smooth > 0:  # one legend for the figure: every panel draws the same two lines
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize="small")
     fig.suptitle(title)
     return _finish(fig, path)
 
@@ -147,24 +180,61 @@ def plot_reward_hacking(curve: list[dict] | dict[str, list[dict]], title: str = 
 
 # --- comparing policies -------------------------------------------------------------------------
 
-def plot_reward_vs_kl(runs: dict[str, list[tuple[float, float]] | tuple[float, float]] | list[tuple[float, float]],
-                      title: str = "Reward vs KL: the RLHF frontier", best: float | None = None,
-                      path: str | Path | None = None) -> Figure:
-    """Mean ground-truth reward against KL to the reference: one line per run (points in order, e.g.
-    along training or over kl_coef), or a single marker for a run given as one (kl, reward) point.
-    Up and to the left is better: more reward for less drift from the reference."""
-    if not isinstance(runs, dict):
+def plot_reward_vs_kl(runs: dict[str, list[tuple[float, float]] | tuple[float, float]] | list[tuple[float, float]]
+                      | None = None, title: str = "Reward vs KL: the RLHF frontier", best: float | None = None,
+                      path: str | Path | None = None, *, trajectories: dict[str, list[tuple[float, float]]] | None = None,
+                      smooth: float = 0.9, best_of_n: dict[int, float] | None = None,
+                      ylabel: str = REWARD_LABEL) -> Figure:
+    """Mean reward against KL to the reference. Up and to the left is better: more reward for less drift.
+
+    runs: name -> points in order (a line, e.g. over kl_coef), or one (kl, reward) point (a marker, named
+        beside it: a final policy).
+    trajectories: name -> one (kl, reward) point per training step. Logged on small batches, they are noisy:
+        drawn as their smoothed path (EMA weight `smooth`) coloured by step, the raw points faint behind it.
+    best_of_n: {n: mean reward of best-of-n} at KL = log n - (n-1)/n (`best_of_n.best_of_n_kl`): the
+        reference frontier, reached without any training by sampling n answers and keeping the best.
+    best: the best possible reward (a dotted line)."""
+    if runs is not None and not isinstance(runs, dict):
         runs = {"run": runs}
-    fig, ax = plt.subplots(figsize=(5.5, 4.0), layout="constrained")
-    for i, (name, points) in enumerate(runs.items()):
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    if best_of_n:
+        from rlhf_course.best_of_n import best_of_n_kl
+
+        ns = sorted(best_of_n)
+        kl = [best_of_n_kl(n) for n in ns]
+        ax.plot(kl, [best_of_n[n] for n in ns], color="0.45", ls="--", marker="s", ms=4, zorder=2,
+                label="best-of-n (KL = log n − (n−1)/n)")
+        for n, x in zip(ns, kl):
+            if n & (n - 1) == 0:  # n = 1, 2, 4, 8, ...: enough to read the scale, few enough not to crowd
+                ax.annotate(f"n={n}", (x, best_of_n[n]), xytext=(4, -10), textcoords="offset points",
+                            fontsize="x-small", color="0.3")
+    for j, (name, points) in enumerate((trajectories or {}).items()):
+        kl, reward = (list(v) for v in zip(*points))
+        steps = list(range(1, len(points) + 1))
+        cmap = ["viridis", "plasma", "cividis"][j % 3]
+        ax.scatter(kl, reward, c=steps, cmap=cmap, s=8, alpha=0.25, zorder=1)
+        path_xy = list(zip(smooth_ema(kl, smooth), smooth_ema(reward, smooth)))
+        line = LineCollection([path_xy[i:i + 2] for i in range(len(path_xy) - 1)], cmap=cmap, linewidths=2.5,
+                              zorder=3, label=f"{name} (smoothed)")
+        line.set_array(steps[1:])
+        ax.add_collection(line)
+        fig.colorbar(line, ax=ax, pad=0.01, aspect=30).set_label(f"{name}: training step")
+    for i, (name, points) in enumerate((runs or {}).items()):
         points = [points] if isinstance(points, tuple) and not isinstance(points[0], (tuple, list)) else list(points)
         kl, reward = zip(*points)
-        ax.plot(kl, reward, color=f"C{i}", marker="o", ms=5, ls="-" if len(points) > 1 else "none", label=name)
+        single = len(points) == 1
+        ax.plot(kl, reward, color=f"C{i}", marker="*" if single else "o", ms=13 if single else 5,
+                mec="white" if single else None, ls="none" if single else "-", label=name, zorder=4)
+        if single:
+            ax.annotate(f"{name}  {reward[0]:.2f}", (kl[0], reward[0]), xytext=(8, -12), textcoords="offset points",
+                        fontsize="small", color=f"C{i}", fontweight="bold", zorder=5,
+                        bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
     if best is not None:
         ax.axhline(best, color="gray", ls=":", label=f"best possible ({best:.2f})")
-    ax.set(title=title, xlabel=KL_LABEL, ylabel=REWARD_LABEL)
+    ax.autoscale_view()
+    ax.set(title=title, xlabel=KL_LABEL, ylabel=ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left")  # up and to the left is where no policy gets: room to spare
     return _finish(fig, path)
 
 
@@ -214,7 +284,8 @@ def plot_stage_rewards(report: dict, best: float | None = None, title: str = "Me
                        path: str | Path | None = None) -> Figure:
     """One bar per stage (base, sft, ppo, dpo, best_of_n, ... in the report's order) and a line at the
     best possible reward. `report`: stage -> mean reward, a summary dict with "reward", or an EvalResult.
-    best: defaults to the best possible mean on the held-out prompts (`evaluation.best_possible_reward`)."""
+    best: defaults to the best possible mean on the held-out prompts (`evaluation.best_possible_reward`);
+    NaN draws no line (a judge's scores have no known best)."""
     if best is None:
         from rlhf_course.evaluation import best_possible_reward
         best = best_possible_reward()
@@ -222,9 +293,10 @@ def plot_stage_rewards(report: dict, best: float | None = None, title: str = "Me
     fig, ax = plt.subplots(figsize=(1.1 * len(stages) + 2.5, 4.0), layout="constrained")
     bars = ax.bar(stages, values, color=[f"C{i}" for i in range(len(stages))])
     ax.bar_label(bars, fmt="%.2f", padding=2)
-    ax.axhline(best, color="gray", ls="--", label=f"best possible ({best:.2f})")
+    if not math.isnan(best):
+        ax.axhline(best, color="gray", ls="--", label=f"best possible ({best:.2f})")
+        ax.legend(loc="lower right", fontsize="small")
     ax.axhline(0.0, color="black", lw=0.8)
-    ax.set(title=title, xlabel="stage", ylabel=REWARD_LABEL)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.set(title=title, xlabel="stage", ylabel=REWARD_LABEL if "ground-truth" in title else "mean reward")
     ax.grid(alpha=0.3, axis="y")
     return _finish(fig, path)

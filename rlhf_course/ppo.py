@@ -30,8 +30,7 @@ import json
 import random
 import shutil
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -40,53 +39,97 @@ import torch.nn as nn
 import torch.nn.functional as F
 from accelerate import Accelerator
 from peft import LoraConfig, set_peft_model_state_dict
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from rlhf_course import checkpoint_io, toyworld, tracking
+from rlhf_course.errors import RunError, UsageError
+from rlhf_course.loading import (active_adapter, add_reference_adapter, is_adapter, load_policy, load_tokenizer,
+                                 reference_policy)
+from rlhf_course.profiles import TINY_RECIPE
 from rlhf_course.reward_model import tokenize_conversations
-from rlhf_course.sampling import Completion, answer_mask, decode_responses, sample_ids
-from rlhf_course.sft import TrainResult
+from rlhf_course.sampling import Completion, answer_mask, decode_responses, prompt_mask, sample_ids
+from rlhf_course.training import TrainResult
 
 RewardFn = Callable[[list, list[Completion]], list[float]]
 
 
+def knob(default, help: str):
+    """A config field with its one-line help (read by people, and by `rlhf-course train ppo --help`)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class PPOConfig:
-    """PPO's knobs, named as in the papers and in CleanRL / lm-human-preferences."""
+    """PPO's knobs, named as in the papers and in CleanRL / lm-human-preferences. The defaults are the
+    tiny profile's; `PPOConfig.for_profile(profile)` takes batch, lengths, steps, learning rate and
+    kl_coef from a profile (its recipe), which is what `train_ppo` does."""
 
     # rollout
-    batch_size: int = 32              # prompts (= answers) sampled per iteration, per process
-    max_new_tokens: int = 64          # answers longer than this are cut (and penalised, see missing_eos_penalty)
-    temperature: float = 1.0          # sampling temperature; log-probs use the same one
+    batch_size: int = knob(32, "prompts (= answers) sampled per iteration, per process")
+    max_new_tokens: int = knob(64, "answers longer than this are cut (and penalised, see missing_eos_penalty)")
+    temperature: float = knob(1.0, "sampling temperature; log-probs use the same one")
     # optimisation
-    learning_rate: float = 5e-4       # LoRA adapters and value head (1e-3 already diverges on the tiny model)
-    num_ppo_epochs: int = 2           # passes over each batch of rollouts
-    num_minibatches: int = 2          # minibatches per epoch
-    max_grad_norm: float = 1.0
+    learning_rate: float = knob(TINY_RECIPE.ppo_learning_rate, "LoRA adapters and value head (tiny: 1e-3 diverges)")
+    num_ppo_epochs: int = knob(2, "passes over each batch of rollouts")
+    num_minibatches: int = knob(2, "minibatches per epoch")
+    max_grad_norm: float = knob(1.0, "gradients are clipped to this global norm")
     # PPO losses
-    clip_coef: float = 0.2            # epsilon of the clipped surrogate (PPO Eq. 7)
-    vf_coef: float = 0.1              # weight of the value loss
-    cliprange_value: float = 0.2      # clip of the value update (lm-human-preferences)
-    ent_coef: float = 0.0             # entropy bonus (0: the KL penalty already keeps the policy stochastic)
-    gamma: float = 1.0                # no discounting within an answer
-    gae_lambda: float = 0.95
-    whiten_advantages: bool = True
+    clip_coef: float = knob(0.2, "epsilon of the clipped surrogate (PPO Eq. 7)")
+    vf_coef: float = knob(0.1, "weight of the value loss")
+    cliprange_value: float = knob(0.2, "clip of the value update (lm-human-preferences)")
+    ent_coef: float = knob(0.0, "entropy bonus (0: the KL penalty already keeps the policy stochastic)")
+    gamma: float = knob(1.0, "no discounting within an answer")
+    gae_lambda: float = knob(0.95, "lambda of GAE: 0 is the TD error, 1 the Monte-Carlo return")
+    whiten_advantages: bool = knob(True, "normalise advantages to mean 0, std 1 over the batch's real tokens")
     # KL penalty to the reference
-    kl_coef: float = 0.05             # beta in r_t = -beta * (log pi - log pi_ref)
-    adaptive_kl: bool = False         # Ziegler et al.'s controller drives the KL toward target_kl
-    target_kl: float = 6.0            # nats per answer
-    kl_horizon: int = 10_000          # samples over which the controller adapts
+    kl_coef: float = knob(TINY_RECIPE.ppo_kl_coef, "beta in r_t = -beta * (log pi - log pi_ref)")
+    adaptive_kl: bool = knob(False, "Ziegler et al.'s controller drives the KL toward target_kl")
+    target_kl: float = knob(6.0, "nats per answer")
+    kl_horizon: int = knob(10_000, "samples over which the controller adapts")
     # reward
-    normalize_reward: bool = True     # shift/scale scores to mean 0, std 1 on the initial policy's samples
-    reward_clip: float = 5.0          # clip normalised scores to [-clip, clip]
-    missing_eos_penalty: float = 1.0  # subtracted from the score of an answer that never ended
+    normalize_reward: bool = knob(True, "shift/scale scores to mean 0, std 1 on the initial policy's samples")
+    reward_clip: float = knob(5.0, "clip normalised scores to [-clip, clip]")
+    missing_eos_penalty: float = knob(1.0, "subtracted from the score of an answer that never ended")
     # run
-    steps: int = 100                  # PPO iterations
-    seed: int = 0
+    steps: int = knob(100, "PPO iterations")
+    mixed_precision: str = knob("no", "'fp16' (a T4) or 'bf16': autocast on a GPU, as the profile computes")
+    seed: int = knob(0, "seed of sampling, shuffling and the adapter's initialisation")
+    report_to: str | None = knob(None, "'tensorboard' or 'trackio': the curves there too (None: $RLHF_COURSE_REPORT_TO)")
 
     def __post_init__(self):
-        assert self.batch_size % self.num_minibatches == 0, "batch_size must divide into num_minibatches"
+        positive = ("batch_size", "max_new_tokens", "temperature", "learning_rate", "num_ppo_epochs", "num_minibatches",
+                    "max_grad_norm", "clip_coef", "target_kl", "kl_horizon", "reward_clip", "steps")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise UsageError(f"PPOConfig.{name} must be above 0, got {getattr(self, name)!r}")
+        for name in ("vf_coef", "cliprange_value", "ent_coef", "kl_coef", "missing_eos_penalty"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"PPOConfig.{name} must be 0 or more, got {getattr(self, name)!r}")
+        for name in ("gamma", "gae_lambda"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UsageError(f"PPOConfig.{name} must be between 0 and 1, got {getattr(self, name)!r}")
+        if self.batch_size % self.num_minibatches:
+            raise UsageError(f"PPOConfig.batch_size ({self.batch_size}) must divide into num_minibatches "
+                             f"({self.num_minibatches})")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise UsageError(f"PPOConfig.mixed_precision is 'no', 'fp16' or 'bf16', not {self.mixed_precision!r}")
         self.minibatch_size = self.batch_size // self.num_minibatches
+
+    @classmethod
+    def for_profile(cls, profile, **changes) -> "PPOConfig":
+        """The profile's numbers (batch, answer length, steps, temperature, its recipe's learning rate and
+        kl_coef), then `changes` on top."""
+        num_minibatches = changes.get("num_minibatches", cls.num_minibatches)
+        on_gpu = profile.device == "cuda"
+        precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(profile.compute_dtype, "no") if on_gpu else "no"
+        defaults = dict(batch_size=profile.batch_size, max_new_tokens=profile.max_new_tokens, steps=profile.ppo_steps,
+                        temperature=profile.temperature, learning_rate=profile.recipe.ppo_learning_rate,
+                        kl_coef=profile.recipe.ppo_kl_coef, mixed_precision=precision,
+                        # a batch smaller than the default number of minibatches (a 7B's batch of 4) is one minibatch
+                        num_minibatches=min(num_minibatches, profile.batch_size))
+        return cls(**{**defaults, **changes})
 
 
 # --- pure helpers: the maths of PPO for LMs ----------------------------------------------------
@@ -204,20 +247,9 @@ class PolicyWithValueHead(nn.Module):
         hidden = base.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         hidden = hidden[:, from_position:]                  # (B, T', H)
         logits = base.lm_head(hidden)                       # (B, T', V)
-        values = self.value_head(hidden.float()).squeeze(-1)  # (B, T')
+        with torch.autocast(hidden.device.type, enabled=False):  # the value head computes in fp32 (fp16 on a T4)
+            values = self.value_head(hidden.float()).squeeze(-1)  # (B, T')
         return logits, values
-
-
-@contextmanager
-def active_adapter(model, name: str):
-    """Switch the PEFT model to another adapter (e.g. "reward") and back. PEFT's set_adapter also
-    flips requires_grad, so the previous adapter's trainability is restored on the way out."""
-    previous = model.active_adapter
-    model.set_adapter(name)
-    try:
-        yield
-    finally:
-        model.set_adapter(previous)
 
 
 class AdapterRewardModel:
@@ -232,20 +264,19 @@ class AdapterRewardModel:
         cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
         weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
         score_key = next(k for k in weights if k.endswith("score.weight") or k.endswith("score.modules_to_save.default.weight"))
-        lora = LoraConfig(r=cfg["r"], lora_alpha=cfg["lora_alpha"], target_modules=cfg["target_modules"],
-                          lora_dropout=0.0, bias=cfg.get("bias", "none"), use_rslora=cfg.get("use_rslora", False))
-        previous = policy.active_adapter
-        policy.add_adapter(adapter_name, lora)
-        lora_weights = {k: v for k, v in weights.items() if "lora_" in k}
-        result = set_peft_model_state_dict(policy, lora_weights, adapter_name=adapter_name)
-        assert not [k for k in result.unexpected_keys if "lora_" in k], f"reward adapter keys not loaded: {result.unexpected_keys[:3]}"
-        policy.set_adapter(previous)
-        for n, p in policy.named_parameters():           # the reward adapter is frozen
-            if f".{adapter_name}." in n:
-                p.requires_grad_(False)
+        if adapter_name not in policy.peft_config:  # put on once; a second reward function reuses it
+            trainable = {n: p.requires_grad for n, p in policy.named_parameters()}
+            lora = LoraConfig(r=cfg["r"], lora_alpha=cfg["lora_alpha"], target_modules=cfg["target_modules"],
+                              lora_dropout=0.0, bias=cfg.get("bias", "none"), use_rslora=cfg.get("use_rslora", False))
+            policy.add_adapter(adapter_name, lora)
+            lora_weights = {k: v for k, v in weights.items() if "lora_" in k}
+            result = set_peft_model_state_dict(policy, lora_weights, adapter_name=adapter_name)
+            assert not [k for k in result.unexpected_keys if "lora_" in k], f"reward adapter keys not loaded: {result.unexpected_keys[:3]}"
+            for n, p in policy.named_parameters():  # the reward adapter is frozen; the others keep their state
+                p.requires_grad_(trainable.get(n, False))
         self.policy, self.tokenizer, self.adapter_name = policy, tokenizer, adapter_name
         head = weights[score_key]
-        self.score_head = nn.Linear(head.shape[1], 1, bias=False).to(head.device)
+        self.score_head = nn.Linear(head.shape[1], 1, bias=False).to(policy.device)  # fp32, as trained
         self.score_head.weight.data.copy_(head.float())
         self.score_head.requires_grad_(False)
 
@@ -272,8 +303,11 @@ class PPOTrainer:
                  monitor_fn: RewardFn | None = None, accelerator: Accelerator | None = None):
         self.cfg, self.tokenizer, self.reward_fn, self.monitor_fn = config, tokenizer, reward_fn, monitor_fn
         self.prompts = list(prompts)
-        # cpu=True without a GPU: `accelerate launch --multi_gpu --num_processes 2` then runs on CPU processes (gloo)
-        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        # cpu=True without a GPU: `accelerate launch --multi_gpu --num_processes 2` then runs on CPU processes (gloo).
+        # On a GPU, mixed precision as the profile computes: fp16 (a T4) scales the loss; the trained weights
+        # (LoRA, value head) stay fp32 and log-probs are taken in fp32.
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
+                                                      mixed_precision=config.mixed_precision)
         torch.manual_seed(config.seed + self.accelerator.process_index)
         self.rng = random.Random(config.seed + self.accelerator.process_index)  # each process its own prompts
         self.model = PolicyWithValueHead(policy).to(self.accelerator.device)
@@ -311,11 +345,12 @@ class PPOTrainer:
         # (Llama/Mistral use rotary positions, which depend only on distances, so left padding shifts nothing.)
         resp_mask = answer_mask(response, tok.eos_token_id)                              # (B, Tr) incl. EOS
         input_ids = torch.cat([query, response], dim=1)
-        attention_mask = torch.cat([(query != tok.pad_token_id).long(), resp_mask], dim=1)
+        attention_mask = torch.cat([prompt_mask(query, tok.pad_token_id), resp_mask], dim=1)
 
         logprobs, values, _ = self._forward(input_ids, attention_mask, Tq, cfg.temperature)
-        # Detail 2: the reference is the same network with the LoRA adapter switched off - no second copy.
-        with self.policy.disable_adapter():
+        # Detail 2: the reference is the same network - no second copy: with the LoRA adapter switched off,
+        # or, when training continues the SFT adapter of a 4-bit base, that adapter's frozen copy "ref".
+        with reference_policy(self.policy):
             ref_logprobs, _, _ = self._forward(input_ids, attention_mask, Tq, cfg.temperature)
 
         raw_scores = torch.tensor(self.reward_fn(prompts, completions), dtype=torch.float, device=input_ids.device)
@@ -408,11 +443,17 @@ class PPOTrainer:
         steps = steps if steps is not None else self.cfg.steps
         bar = tqdm(range(self.step_count, steps), desc="PPO", initial=self.step_count, total=steps,
                    disable=not progress or not self.accelerator.is_main_process)
-        for _ in bar:
-            s = self.step()
-            bar.set_postfix({"score": f"{s['reward/score']:.2f}", "kl": f"{s['objective/kl']:.2f}"})
-            if checkpoint_dir is not None and (self.step_count % save_every == 0 or self.step_count == steps):
-                self.save_checkpoint(checkpoint_dir)
+        choice = tracking.report_to(self.cfg.report_to) if self.accelerator.is_main_process else "none"
+        curves = tracking.CurveLogger(choice, tracking.run_name("ppo"), asdict(self.cfg))
+        try:
+            for _ in bar:
+                s = self.step()
+                curves.log(s)  # TensorBoard/trackio when asked (TRL's report_to); `history` always
+                bar.set_postfix({"score": f"{s['reward/score']:.2f}", "kl": f"{s['objective/kl']:.2f}"})
+                if checkpoint_dir is not None and (self.step_count % save_every == 0 or self.step_count == steps):
+                    self.save_checkpoint(checkpoint_dir)
+        finally:
+            curves.close()
         last = self.history[-1]
         metrics = {"reward": last["reward/score"], "kl": last["objective/kl"], "steps": self.step_count}
         if "reward/monitor" in last:
@@ -422,51 +463,76 @@ class PPOTrainer:
     # --- checkpoints: everything needed to continue exactly where we stopped -----------------------
 
     def save_checkpoint(self, directory: str | Path) -> Path:
-        """Adapter (safetensors), value head, optimiser, RNG states, step, KL coefficient, reward
-        normalisation and history. Written to a temporary folder, then renamed: a kill mid-save
-        leaves the previous checkpoint intact."""
-        final = Path(directory)
-        tmp = final.with_name(final.name + ".tmp")
+        """Adapter, value head, optimiser and RNG states, step, KL coefficient, reward normalisation and
+        history: safetensors and JSON, no pickle. Each save goes to its own step folder and is committed
+        once complete, so a kill at any moment leaves the previous checkpoint intact (see checkpoint_io.py).
+        A directory holding a checkpoint that this trainer did not load is refused, never overwritten."""
+        directory = Path(directory)
         self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            self.policy.save_pretrained(tmp / "adapter", selected_adapters=["default"])
-            head = self.accelerator.unwrap_model(self.model).value_head
-            save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(tmp / "value_head.safetensors"))
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            state = {"step": self.step_count, "kl_coef": self.kl_ctl.value, "reward_shift": self.reward_shift,
-                     "reward_scale": self.reward_scale, "config": asdict(self.cfg), "history": self.history}
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        owned = getattr(self, "_checkpoint_dir", None) == directory.resolve()
+        if not owned and (directory / checkpoint_io.STATE).exists():
+            raise RunError(f"{directory} holds the checkpoint of another run: pass resume=True (--resume) to "
+                           "continue it, or choose another checkpoint folder")
+        folder = checkpoint_io.folder_for(directory, self.step_count)  # the same name on every process
         self.accelerator.wait_for_everyone()
-        # every process keeps its own random streams (it samples its own prompts)
-        rank = self.accelerator.process_index
-        rng = {"python": self.rng.getstate(), "torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-        torch.save(rng, tmp / f"rng_state_{rank}.pt")
+        try:
+            if self.accelerator.is_main_process:
+                checkpoint_io.make_empty(folder)
+                self.policy.save_pretrained(folder / "adapter", selected_adapters=["default"])
+                head = self.accelerator.unwrap_model(self.model).value_head
+                save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
+                          str(folder / "value_head.safetensors"))
+                checkpoint_io.save_optimizer(self.optimizer.state_dict(), folder)
+            self.accelerator.wait_for_everyone()
+            # every process keeps its own random streams (it samples its own prompts)
+            checkpoint_io.save_rng(self.rng.getstate(), folder, self.accelerator.process_index)
+            self.accelerator.wait_for_everyone()
+            if self.accelerator.is_main_process:
+                state = {"step": self.step_count, "kl_coef": self.kl_ctl.value, "reward_shift": self.reward_shift,
+                         "reward_scale": self.reward_scale, "processes": self.accelerator.num_processes,
+                         "config": asdict(self.cfg), "history": self.history}
+                checkpoint_io.commit(directory, folder, state)
+        except OSError as err:
+            if self.accelerator.is_main_process:
+                shutil.rmtree(folder, ignore_errors=True)  # give the space back; the previous checkpoint stands
+            if checkpoint_io.is_disk_full(err):
+                need = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
+                raise RunError(f"no space left on the disk of {directory} while saving the checkpoint of step "
+                               f"{self.step_count} (a checkpoint takes about {need / 2**20:.0f} MiB: weights and "
+                               "two optimiser moments); the previous checkpoint is kept: free some space, then "
+                               "resume") from err
+            raise
         self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-        self.accelerator.wait_for_everyone()
-        return final
+        self._checkpoint_dir = directory.resolve()
+        return directory
 
     def load_checkpoint(self, directory: str | Path) -> None:
-        """Continue from a checkpoint written by `save_checkpoint` (same config, same base model)."""
-        directory = Path(directory)
-        weights = load_file(str(directory / "adapter" / "adapter_model.safetensors"))
-        set_peft_model_state_dict(self.policy, weights, adapter_name="default")
-        head = self.accelerator.unwrap_model(self.model).value_head
-        head.load_state_dict(load_file(str(directory / "value_head.safetensors"), device=str(head.weight.device)))
-        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
-        state = json.loads((directory / "trainer_state.json").read_text())
+        """Continue from the newest intact checkpoint in `directory` (same config, same base model).
+        A damaged newest checkpoint falls back to the previous one and says so; a folder with nothing
+        intact, or with pickled states (which could run code), is refused with RunError."""
+        found = checkpoint_io.find(directory)
+        if found is None:
+            raise RunError(f"{directory}: no checkpoint to resume from")
+        if found.note and self.accelerator.is_main_process:
+            print(found.note)
+        state, folder = found.state, found.folder
+        if state.get("processes", 1) != self.accelerator.num_processes:
+            raise RunError(f"{folder} was saved by {state.get('processes', 1)} processes, this run has "
+                           f"{self.accelerator.num_processes}: resume with the same number")
+        try:
+            weights = load_file(str(folder / "adapter" / "adapter_model.safetensors"))
+            set_peft_model_state_dict(self.policy, weights, adapter_name="default")
+            head = self.accelerator.unwrap_model(self.model).value_head
+            head.load_state_dict(load_file(str(folder / "value_head.safetensors"), device=str(head.weight.device)))
+            self.optimizer.load_state_dict(checkpoint_io.load_optimizer(folder))
+            python_rng = checkpoint_io.load_rng(folder, self.accelerator.process_index)
+        except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as err:
+            raise RunError(f"{folder}: cannot load this checkpoint ({type(err).__name__}: {str(err)[:200]}); "
+                           "(was it saved with other settings?) start the run again without resume, in another folder") from err
         self.step_count, self.kl_ctl.value = state["step"], state["kl_coef"]
         self.reward_shift, self.reward_scale, self.history = state["reward_shift"], state["reward_scale"], state["history"]
-        rng = torch.load(directory / f"rng_state_{self.accelerator.process_index}.pt", weights_only=False)
-        self.rng.setstate(_as_tuple(rng["python"]))
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"]:
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.rng.setstate(_as_tuple(python_rng))
+        self._checkpoint_dir = Path(directory).resolve()
 
 
 def _as_tuple(x):
@@ -485,20 +551,21 @@ def train_ppo(profile, *, model_id: str | None = None, reward_model_dir: str | P
     `reward_model_dir` (trained on the same base), or `reward_fn`, or the toy world's ground truth.
     With `checkpoint_dir` (e.g. a Drive folder in Colab) a checkpoint is kept there, and `resume`
     continues from it. The result's `.model` is the PEFT policy; `.history` one dict per iteration."""
-    from rlhf_course import toyworld
-    from rlhf_course.loading import load_policy, load_tokenizer
-
-    defaults = dict(batch_size=profile.batch_size, max_new_tokens=profile.max_new_tokens, steps=profile.ppo_steps,
-                    temperature=profile.temperature)
-    cfg = config or PPOConfig(**{**defaults, **config_changes})
+    if checkpoint_dir is not None and not resume and (Path(checkpoint_dir) / checkpoint_io.STATE).exists():
+        raise RunError(f"{checkpoint_dir} holds the checkpoint of another run: pass resume=True (--resume) to "
+                       "continue it, or choose another checkpoint folder")  # before any model loads
+    cfg = config or PPOConfig.for_profile(profile, **config_changes)
+    tracking.report_to(cfg.report_to)  # a missing TensorBoard/trackio says so before any model loads
     torch.manual_seed(cfg.seed)  # the LoRA adapter's initialisation is random too
     tokenizer = load_tokenizer(profile, model_id)
     policy = load_policy(profile, model_id=model_id, load_in_4bit=load_in_4bit)
+    if is_adapter(model_id):  # training continues the SFT adapter (a 4-bit base): its frozen copy is pi_ref
+        add_reference_adapter(policy)
     if reward_model_dir is not None:
         reward_fn = AdapterRewardModel(policy, tokenizer, reward_model_dir)
     reward_fn = reward_fn or toyworld.ground_truth_rewards
     prompts = prompts or [p.text for p in toyworld.train_prompts()]
     trainer = PPOTrainer(cfg, policy, tokenizer, reward_fn, prompts, monitor_fn=monitor_fn)
-    if resume and checkpoint_dir is not None and (Path(checkpoint_dir) / "trainer_state.json").exists():
+    if resume and checkpoint_dir is not None and (Path(checkpoint_dir) / checkpoint_io.STATE).exists():
         trainer.load_checkpoint(checkpoint_dir)
     return trainer.train(steps, progress, checkpoint_dir, save_every)

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import datasets
+
+from rlhf_course.errors import CourseError
 
 FIELDS = ("prompt", "chosen", "rejected")
 ROLES = ("system", "user", "assistant", "tool")
@@ -49,13 +53,14 @@ class ValidationReport:
     problems: list[Problem] = field(default_factory=list)
     n_records: int = 0
     format: str | None = None  # "plain", "conversational", or None if no valid record was found
+    layout: str | None = None  # a Hub set's layout the file was converted from (preference_sets.detect_layout)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-class PreferenceDataError(ValueError):
+class PreferenceDataError(CourseError, ValueError):
     """Raised by load/save when the data has problems; ``.problems`` lists every one of them."""
 
     def __init__(self, problems: list[Problem]):
@@ -115,10 +120,93 @@ def to_plain(record: dict, tokenizer=None) -> dict:
 
 
 # ---------------------------------------------------------------------------- checking records
+# One code path for every way in: `validate_file` (and `rlhf-course validate-data`), `load_preferences`,
+# `validate_records` and `save_preferences` all check with `_check_all`, and files are read by
+# `_read_jsonl` and turned into a dataset by `_check_files`, so they accept and reject the same data
+# with the same messages.
+
+MAX_DEPTH = 20          # nesting deeper than this is not preference data (and trips up pyarrow)
+MAX_INT = 2**63 - 1     # a whole number must fit a dataset column (int64)
+
+
+class TooLongNumber:
+    """A whole number read from a file that no column can hold; reported where it stands."""
+
+    def __init__(self, digits: str):
+        self.n = len(digits.lstrip("-"))
+
+    def __repr__(self) -> str:
+        return f"<a whole number of {self.n} digits>"
+
+
+def _parse_int(digits: str):
+    # Python refuses to read integers of more than 4300 digits (a ValueError, not a JSON error):
+    # look at the length first, so a 5,000-digit margin is a problem of its line, not a traceback.
+    if len(digits) > 20:
+        return TooLongNumber(digits)
+    value = int(digits)
+    return value if -MAX_INT - 1 <= value <= MAX_INT else TooLongNumber(digits)
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json's object_pairs_hook: a key given twice in one object is an error (json keeps the last)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def parse_jsonl_line(text: str):
+    """One JSONL line -> (value, None) or (None, (field, problem)); never raises (label files use it too)."""
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_int=_parse_int), None
+    except json.JSONDecodeError as e:
+        return None, ("json", f"invalid JSON: {e.msg} (column {e.colno})")
+    except _DuplicateKey as e:
+        return None, (e.key, "duplicate key in one JSON object (JSON would keep only the last value: which was meant?)")
+    except RecursionError:
+        return None, ("json", "nested too deeply to read")
+    except ValueError as e:
+        return None, ("json", f"unreadable: {str(e).splitlines()[0][:120]}")
 
 
 def _type_name(value) -> str:
     return "null" if value is None else type(value).__name__
+
+
+def _invisible(text: str) -> bool:
+    """Only whitespace and characters that show nothing (zero-width spaces, joiners, BOMs, controls)."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cf", "Cc") for c in text)
+
+
+def check_values(value, where: str, problem, depth: int = 0) -> None:
+    """What any value of a record must not hold, wherever it is: NUL bytes, lone surrogates (not
+    Unicode: they cannot be written as UTF-8), numbers no column can hold, absurd nesting."""
+    if depth > MAX_DEPTH:
+        problem(where, f"nested more than {MAX_DEPTH} levels deep")
+    elif isinstance(value, str):
+        if "\x00" in value:
+            problem(where, "contains a NUL byte (\\x00)")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            problem(where, f"contains a lone surrogate ({value[e.start]!r}): not valid Unicode")
+    elif isinstance(value, TooLongNumber):
+        problem(where, f"a whole number of {value.n} digits: too large for a column (at most 19 digits)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_values(item, f"{where}.{key}" if where else str(key), problem, depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_values(item, f"{where}[{i}]", problem, depth + 1)
 
 
 def _check_text(value, where: str, problem) -> None:
@@ -126,6 +214,9 @@ def _check_text(value, where: str, problem) -> None:
         problem(where, f"must be a string, got {_type_name(value)}")
     elif not value.strip():
         problem(where, "empty text")
+    elif _invisible(value):
+        code = next(f"U+{ord(c):04X}" for c in value if not c.isspace())
+        problem(where, f"only invisible characters (e.g. {code}): empty to a reader")
 
 
 def _check_messages(messages: list, name: str, problem) -> None:
@@ -147,53 +238,107 @@ def _check_messages(messages: list, name: str, problem) -> None:
             _check_text(message["content"], f"{where}.content", problem)
 
 
+def _check_turns(record: dict, problem) -> None:
+    """A conversational record: the prompt holds a user turn and does not end with the assistant's;
+    chosen and rejected are the assistant's reply only (the conversation is in the prompt)."""
+    roles = [m.get("role") for m in record["prompt"]]
+    if "user" not in roles:
+        problem("prompt", "holds no user turn: the answers must reply to a user")
+    elif roles[-1] == "assistant":
+        problem(f"prompt[{len(roles) - 1}].role", "the prompt ends with an assistant turn: it must end with the "
+                "turn the answers reply to (chosen and rejected hold the assistant's reply)")
+    for name in ("chosen", "rejected"):
+        for i, message in enumerate(record[name]):
+            if message.get("role") == "user":
+                problem(f"{name}[{i}].role", "a user turn inside the answer: chosen and rejected hold the "
+                        "assistant's reply only (the conversation goes in prompt)")
+
+
+def _normalised(value):
+    """Text with its whitespace collapsed (messages: each content), to compare chosen with rejected."""
+    if isinstance(value, str):
+        return " ".join(value.split())
+    if isinstance(value, list):
+        return [(m.get("role"), _normalised(m.get("content"))) if isinstance(m, dict) else m for m in value]
+    return value
+
+
 def _check_record(record: dict, problem) -> str:
     """Report the problems of one record through ``problem(field, message)``; return its format."""
     fmt = detect_format(record)
+    found_before = []
+    count = lambda f, m: (found_before.append(f), problem(f, m))  # noqa: E731
     for name in FIELDS:
         if name not in record:
-            problem(name, "missing field")
+            count(name, "missing field")
             continue
         value = record[name]
         if value is None:
-            problem(name, "is null")
+            count(name, "is null")
         elif not isinstance(value, (str, list)):
-            problem(name, f"must be a string or a list of messages, got {_type_name(value)}")
+            count(name, f"must be a string or a list of messages, got {_type_name(value)}")
         elif fmt == "plain" and isinstance(value, list):
-            problem(name, "must be a string like the prompt (plain format), got a list of messages")
+            count(name, "must be a string like the prompt (plain format), got a list of messages")
         elif fmt == "conversational" and isinstance(value, str):
-            problem(name, "must be a list of messages like the prompt (conversational format), got str")
+            count(name, "must be a list of messages like the prompt (conversational format), got str")
         elif isinstance(value, str):
-            _check_text(value, name, problem)
+            _check_text(value, name, count)
         else:
-            _check_messages(value, name, problem)
+            _check_messages(value, name, count)
+    if fmt == "conversational" and not found_before:
+        _check_turns(record, count)
 
-    chosen = record.get("chosen")
-    if chosen and (not isinstance(chosen, str) or chosen.strip()) and chosen == record.get("rejected"):
-        problem("chosen", "identical to rejected (a pair must differ to teach a preference)")
+    chosen, rejected = record.get("chosen"), record.get("rejected")
+    answers_ok = not any(f.startswith(("chosen", "rejected")) for f in found_before)
+    if isinstance(chosen, (str, list)) and isinstance(rejected, (str, list)) and chosen and answers_ok:
+        if chosen == rejected:
+            problem("chosen", "identical to rejected (a pair must differ to teach a preference)")
+        elif _normalised(chosen) == _normalised(rejected):
+            problem("chosen", "identical to rejected but for whitespace (a pair must differ to teach a preference)")
 
     # A null margin counts as absent: datasets fills a column missing from some rows with None.
     margin = record.get("margin")
-    if margin is not None:
+    if margin is not None and not isinstance(margin, TooLongNumber):
         if isinstance(margin, bool) or not isinstance(margin, (int, float)):
             problem("margin", f"must be a number, got {_type_name(margin)}")
         elif not math.isfinite(margin):
             problem("margin", f"must be a finite number, got {margin}")
+    check_values(record, "", problem)
     return fmt
 
 
+def _kind(value) -> str | None:
+    """The column type a value asks for (None: any column can hold it)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+
+
 def _check_all(numbered: list[tuple[int, object]], source: str) -> tuple[list[Problem], str | None]:
-    """Check (line, record) pairs; the first valid record fixes the format for the rest."""
+    """Check (line, record) pairs; the first valid record fixes the format for the rest, and the
+    first value of each extra column its type (a dataset column holds one type)."""
     problems: list[Problem] = []
     formats: dict[int, str] = {}
     file_format = None
     format_line = 0
+    column_kinds: dict[str, tuple[str, int]] = {}  # extra column -> (type, first line)
     for line, record in numbered:
         if not isinstance(record, dict):
             problems.append(Problem(source, line, "record", f"must be a JSON object {{...}}, got {_type_name(record)}"))
             continue
         found: list[Problem] = []
         fmt = _check_record(record, lambda f, m: found.append(Problem(source, line, f, m)))
+        for key, value in record.items():
+            if key in FIELDS or key == "margin" or (kind := _kind(value)) is None:
+                continue
+            first_kind, first_line = column_kinds.setdefault(key, (kind, line))
+            if kind != first_kind:
+                found.append(Problem(source, line, key, f"a {kind} here, but a {first_kind} on line {first_line} "
+                                                        "(a column holds one type)"))
         problems += found
         if any(isinstance(record.get(n), (str, list)) for n in FIELDS):  # else the format is unknown
             formats[line] = fmt
@@ -227,6 +372,8 @@ def _read_jsonl(path: str) -> tuple[list[tuple[int, object]], list[Problem]]:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         return [], [Problem(path, 0, "file", "file not found")]
+    except IsADirectoryError:
+        return [], [Problem(path, 0, "file", "a folder, not a file")]
     except OSError as e:
         return [], [Problem(path, 0, "file", f"cannot read file: {e.strerror or e}")]
 
@@ -241,40 +388,84 @@ def _read_jsonl(path: str) -> tuple[list[tuple[int, object]], list[Problem]]:
             continue
         if not text.strip():
             continue
-        try:
-            numbered.append((line, json.loads(text)))
-        except json.JSONDecodeError as e:
-            problems.append(Problem(path, line, "json", f"invalid JSON: {e.msg} (column {e.colno})"))
+        value, problem = parse_jsonl_line(text)
+        if problem is None:
+            numbered.append((line, value))
+        else:
+            problems.append(Problem(path, line, *problem))
     if not numbered and not problems:
         problems.append(Problem(path, 0, "file", "empty file: no records"))
     return numbered, problems
 
 
+HUB_LAYOUTS = ("implicit_conversational", "hh_rlhf")  # converted to TRL's rows on reading
+
+
 def _validate_path(path, check: bool = True) -> tuple[ValidationReport, list[dict]]:
     path = str(path)
     numbered, problems = _read_jsonl(path)
+    from rlhf_course.preference_sets import convert_records, detect_layout  # it imports this module
+
+    layout = next((detect_layout(r) for _, r in numbered if isinstance(r, dict)), None)
+    if layout in HUB_LAYOUTS:  # whole conversations (ultrafeedback_binarized) or hh-rlhf text: TRL's rows
+        records, found = convert_records(numbered, path)
+        problems = sorted(problems + found, key=lambda p: p.line)
+        return ValidationReport(path, problems, len(numbered), "conversational", layout), records
     if check:
         found, fmt = _check_all(numbered, path)
-    else:  # still refuse non-objects: they cannot become dataset rows
+    else:  # still refuse what cannot become dataset rows: non-objects, values no column can hold
         found = [Problem(path, n, "record", "must be a JSON object") for n, r in numbered if not isinstance(r, dict)]
+        for n, r in numbered:
+            check_values(r, "", lambda f, m, n=n: found.append(Problem(path, n, f, m)))
         fmt = next((detect_format(r) for _, r in numbered if isinstance(r, dict)), None)
     problems = sorted(problems + found, key=lambda p: p.line)
     records = [r for _, r in numbered if isinstance(r, dict)]
     return ValidationReport(path, problems, len(numbered), fmt), records
 
 
-def validate_file(path) -> ValidationReport:
-    """Check a JSONL preference file; bad content is reported, never raised."""
-    return _validate_path(path)[0]
-
-
-def _to_dataset(records: list[dict], source: str) -> datasets.Dataset:
+def _to_dataset(records: list[dict], source: str) -> tuple[datasets.Dataset | None, list[Problem]]:
     # Dataset.from_list takes its columns from the first row only; use every key seen.
     columns = list(dict.fromkeys(k for r in records for k in r))
     try:
-        return datasets.Dataset.from_list([{k: r.get(k) for k in columns} for r in records])
-    except (TypeError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise PreferenceDataError([Problem(source, 0, "file", f"cannot combine the records into one dataset (a column mixes types): {e}")]) from e
+        return datasets.Dataset.from_list([{k: r.get(k) for k in columns} for r in records]), []
+    except (TypeError, ValueError, OverflowError, RecursionError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        msg = f"cannot combine the records into one dataset (a column mixes types): {str(e).splitlines()[0][:200]}"
+        return None, [Problem(source, 0, "file", msg)]
+
+
+def _check_files(paths: list, validate: bool = True
+                 ) -> tuple[list[Problem], datasets.Dataset | None, list[ValidationReport]]:
+    """Read, check and combine files: every problem of every file, and the dataset when there is none."""
+    problems: list[Problem] = []
+    records: list[dict] = []
+    reports: list[ValidationReport] = []
+    first: ValidationReport | None = None
+    for path in paths:
+        report, file_records = _validate_path(path, check=validate)
+        reports.append(report)
+        problems += report.problems
+        records += file_records
+        if report.format is None:
+            continue
+        if first is None:
+            first = report
+        elif report.format != first.format:  # one dataset column cannot hold both strings and message lists
+            msg = (f"{report.format} file, but {first.path} is {first.format}; "
+                   f"convert one with to_plain() or to_conversational()")
+            problems.append(Problem(report.path, 0, "file", msg))
+    if not paths:
+        problems.append(Problem("<no files>", 0, "file", "no files given"))
+    if problems:
+        return problems, None, reports
+    dataset, found = _to_dataset(records, str(paths[0]))
+    return found, dataset, reports
+
+
+def validate_file(path) -> ValidationReport:
+    """Check a JSONL preference file exactly as `load_preferences` does (it loads it, too); bad
+    content is reported, never raised."""
+    problems, _, (report,) = _check_files([path])
+    return ValidationReport(report.path, problems, report.n_records, report.format, report.layout)
 
 
 def load_preferences(path_or_paths, *, validate: bool = True) -> datasets.Dataset:
@@ -292,33 +483,18 @@ def load_preferences(path_or_paths, *, validate: bool = True) -> datasets.Datase
                 raise PreferenceDataError(report.problems)
         return path_or_paths
 
-    paths = path_or_paths if isinstance(path_or_paths, (list, tuple)) else [path_or_paths]
-    problems: list[Problem] = []
-    records: list[dict] = []
-    first: ValidationReport | None = None
-    for path in paths:
-        report, file_records = _validate_path(path, check=validate)
-        problems += report.problems
-        records += file_records
-        if report.format is None:
-            continue
-        if first is None:
-            first = report
-        elif report.format != first.format:  # one dataset column cannot hold both strings and message lists
-            msg = (f"{report.format} file, but {first.path} is {first.format}; "
-                   f"convert one with to_plain() or to_conversational()")
-            problems.append(Problem(report.path, 0, "file", msg))
-    if not paths:
-        problems.append(Problem("<no files>", 0, "file", "no files given"))
+    paths = list(path_or_paths) if isinstance(path_or_paths, (list, tuple)) else [path_or_paths]
+    problems, dataset, _ = _check_files(paths, validate)
     if problems:
         raise PreferenceDataError(problems)
-    return _to_dataset(records, str(paths[0]))
+    return dataset
 
 
 def save_preferences(data, path) -> Path:
     """Check, then write records (a list of dicts or a Dataset) as UTF-8 JSONL; returns the path.
 
-    Nothing is written if the data has problems.
+    Nothing is written if the data has problems. The file is written next to `path` and renamed
+    over it when complete, so a crash or a full disk never leaves a half-written file behind.
     """
     source = "<dataset>" if isinstance(data, datasets.Dataset) else "<records>"
     records = list(data)
@@ -327,7 +503,14 @@ def save_preferences(data, path) -> Path:
         raise PreferenceDataError(report.problems)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")  # keep non-ASCII text readable
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")  # keep non-ASCII text readable
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

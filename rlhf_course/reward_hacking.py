@@ -5,31 +5,42 @@ overoptimization", arXiv:2210.10760; Stiennon et al. 2020, Sec. 4.3).
 
     curves = reward_hacking_curves(profile)          # {"kl_coef=0": [...], "kl_coef=0.1": [...]}
     plots.plot_reward_hacking(curves)
+
+Without a ground truth (the 7b profile) the proxy is the reward model trained on the real preference
+set and the gold reward the independent judge (`gold.gold_reward_fn`): Gao et al.'s own setting.
 """
 
 from __future__ import annotations
 
-from rlhf_course import checkpoints, toyworld
+from rlhf_course import trained_models
+from rlhf_course.gold import RewardFn, gold_reward_fn
+from rlhf_course.loading import free_memory
 from rlhf_course.ppo import train_ppo
 from rlhf_course.profiles import Profile
 
 
 def reward_hacking_curves(profile: Profile, *, kl_coefs: tuple[float, ...] = (0.0, 0.2), steps: int = 60,
                           sft_model_id: str | None = None, reward_model_dir: str | None = None,
+                          monitor_fn: RewardFn | None = None, prompts: list | None = None,
                           progress: bool = True, seed: int = 0) -> dict[str, list[dict]]:
-    """PPO from the SFT model against the length-biased reward model, once per KL coefficient.
-    Returns, per run, one dict per iteration: step, proxy_reward (the reward model's mean score),
-    true_reward (the ground truth's mean, watched but never optimised), kl (nats per answer) and
-    length (tokens per answer)."""
-    sft = sft_model_id or checkpoints.sft_model(profile)
-    rm = reward_model_dir or checkpoints.reward_model(profile, "length_biased")
+    """PPO from the SFT model against a proxy reward model, once per KL coefficient: the length-biased one
+    where the profile has a ground truth, else the profile's own reward model. Returns, per run, one dict
+    per iteration: step, proxy_reward (the reward model's mean score), true_reward (the gold reward's mean:
+    `monitor_fn`, default `gold_reward_fn(profile)`; watched but never optimised), kl (nats per answer) and
+    length (tokens per answer). One run at a time: each run's model is freed before the next loads."""
+    sft = sft_model_id or trained_models.sft_model(profile)
+    kind = "length_biased" if profile.has_ground_truth else "default"
+    rm = reward_model_dir or trained_models.reward_model_dir(profile, kind)
+    gold = monitor_fn or gold_reward_fn(profile)
     curves = {}
     for kl_coef in kl_coefs:
-        result = train_ppo(profile, model_id=sft, reward_model_dir=rm, monitor_fn=toyworld.ground_truth_rewards,
+        result = train_ppo(profile, model_id=sft, reward_model_dir=rm, monitor_fn=gold, prompts=prompts,
                            steps=steps, kl_coef=kl_coef, progress=progress, seed=seed)
         curves[f"kl_coef={kl_coef:g}"] = [
             {"step": h["step"], "proxy_reward": h["reward/score"], "true_reward": h["reward/monitor"],
              "kl": h["objective/kl"], "length": h["rollout/length"]} for h in result.history]
+        del result  # a T4 holds one 4-bit 7B: this run's model goes before the next run loads its own
+        free_memory()
     return curves
 
 

@@ -28,21 +28,19 @@ import datasets
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import PrinterCallback, get_scheduler
+from transformers import get_scheduler
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from rlhf_course import toyworld
-from rlhf_course.loading import keep_trainable_fp32, load_reward_model, load_tokenizer
+from rlhf_course.loading import adapter_base, is_adapter, keep_trainable_fp32, load_reward_model, load_tokenizer
 from rlhf_course.paths import REPO_ROOT, data_path
 from rlhf_course.preferences import detect_format, load_preferences, to_conversational
 from rlhf_course.profiles import Profile
 from rlhf_course.sampling import as_messages
-from rlhf_course.sft import TrainResult, train_resumable, trl_common_args
+from rlhf_course.training import TrainResult, run_trl_trainer, steps_or_default, trl_common_args
 
 # AdamW learning rate per profile: the tiny model's LoRA likes it high; a 7B's LoRA wants TRL's default
-TRL_LEARNING_RATE = 1e-4      # RewardConfig's default
-LEARNING_RATES = {"tiny": 3e-3, "7b": TRL_LEARNING_RATE}
 LR_SCHEDULE = "cosine"        # shared by the TRL path and the from-scratch loop, so they can be compared
 WARMUP_RATIO = 0.1
 MAX_GRAD_NORM = 1.0           # transformers.Trainer's default, used by the TRL path; the loop below does the same
@@ -69,10 +67,16 @@ def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
         logits = logits - margin.to(logits)
     # logsigmoid, not log(sigmoid(.)): sigmoid underflows to 0 for a large negative gap and log(0) = -inf
     loss = -F.logsigmoid(logits).mean()
-    with torch.no_grad():
-        gap = chosen_rewards - rejected_rewards
-        accuracy = ((gap > 0).float() + 0.5 * (gap == 0).float()).mean()
-    return loss, accuracy
+    return loss, preference_accuracy(chosen_rewards, rejected_rewards)
+
+
+@torch.no_grad()
+def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """The share of pairs ranked like the labeller, r(x, y_c) > r(x, y_r); a tie counts 1/2 (a coin flip).
+    TRL's logged accuracy counts a tie as wrong. (B,), (B,) -> () float."""
+    wins = (chosen_rewards > rejected_rewards).float()    # (B,)
+    ties = (chosen_rewards == rejected_rewards).float()   # (B,)
+    return (wins + 0.5 * ties).mean()
 
 
 # ------------------------------------------------------------------------------ 2. tokens and scores
@@ -117,6 +121,16 @@ def pad_right(ids: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, to
     return input_ids, attention_mask
 
 
+def pad_for_reward_model(tokenizer):
+    """Make `tokenizer` pad with a token that never closes a turn, for a reward model, and return it.
+    transformers' sequence classifiers read the last token that is *not* the pad token; a tokenizer that
+    pads with its EOS (Zephyr's `</s>`, which also closes every turn) would make the head skip the
+    closing `</s>` it should read. Such a tokenizer pads with `<unk>` instead."""
+    if tokenizer.pad_token_id == tokenizer.eos_token_id and tokenizer.unk_token is not None:
+        tokenizer.pad_token = tokenizer.unk_token
+    return tokenizer
+
+
 @torch.no_grad()
 def score_texts(model, tokenizer, prompts: list, completions: list, batch_size: int = 64) -> torch.Tensor:
     """The reward of each (prompt, completion): a float tensor (N,) on the CPU.
@@ -126,11 +140,14 @@ def score_texts(model, tokenizer, prompts: list, completions: list, batch_size: 
     answer cut at the length limit is scored as if it had ended (see `reward_fn`'s missing_eos_penalty).
     """
     ids = tokenize_conversations(tokenizer, prompts, completions)
+    # the id a sequence classifier's "last real token" rule skips (pad_for_reward_model); any other model: the tokenizer's
+    pad_id = getattr(getattr(model, "config", None), "pad_token_id", None)
+    pad_id = tokenizer.pad_token_id if pad_id is None else pad_id
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, len(ids), batch_size):
-        input_ids, attention_mask = pad_right(ids[i : i + batch_size], tokenizer.pad_token_id)
+        input_ids, attention_mask = pad_right(ids[i : i + batch_size], pad_id)
         logits = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
                        use_cache=False).logits                                    # (b, 1)
         out.append(logits.squeeze(-1).float().cpu())                                # (b,)
@@ -240,18 +257,18 @@ def train_reward_model(
     """
     if load_in_4bit and not lora:
         raise ValueError("4-bit weights cannot be trained: use lora=True with load_in_4bit=True (QLoRA)")
-    steps = steps or profile.rm_steps
+    steps = steps_or_default(steps, profile.rm_steps)
     train_data = to_conversational_dataset(load_preferences(dataset if dataset is not None else load_rm_data("train")))
     eval_data = to_conversational_dataset(load_preferences(eval_dataset if eval_dataset is not None
                                                             else load_rm_data("test")))
-    tokenizer = load_tokenizer(profile, model_id)
+    tokenizer = pad_for_reward_model(load_tokenizer(profile, model_id))
     torch.manual_seed(seed)  # the score head is initialised at random
     model = _load_rm(profile, lora=lora, load_in_4bit=load_in_4bit, model_id=model_id, tokenizer=tokenizer,
                      verbose=progress)
 
     args = RewardConfig(
         **trl_common_args(profile, steps, out_dir, progress, seed, checkpoint_dir=checkpoint_dir, save_every=save_every),
-        learning_rate=learning_rate or LEARNING_RATES.get(profile.name, TRL_LEARNING_RATE),
+        learning_rate=learning_rate or profile.recipe.rm_learning_rate,
         lr_scheduler_type=LR_SCHEDULE,
         warmup_steps=WARMUP_RATIO,
         max_grad_norm=MAX_GRAD_NORM,
@@ -259,11 +276,9 @@ def train_reward_model(
         center_rewards_coefficient=center_rewards_coefficient,
     )
     trainer = RewardTrainer(model=model, args=args, train_dataset=train_data, processing_class=tokenizer)
-    if not progress:
-        trainer.remove_callback(PrinterCallback)  # without a progress bar, Trainer prints every log line
-    keep_trainable_fp32(trainer.model)
     start = time.perf_counter()
-    out = train_resumable(trainer, checkpoint_dir, resume)
+    # the score head's logits and the Bradley-Terry loss want fp32: trained weights stay fp32 on every GPU
+    out, history = run_trl_trainer(trainer, profile, progress=progress, desc="reward model", checkpoint_dir=checkpoint_dir, resume=resume)
     seconds = time.perf_counter() - start
 
     model = trainer.model
@@ -271,7 +286,6 @@ def train_reward_model(
                **held_out_metrics(model, tokenizer, eval_data)}
     if out_dir is not None:
         trainer.save_model(out_dir)  # the adapter + score head, and the tokenizer (see the docstring)
-    history = [h for h in trainer.state.log_history if "loss" in h]
     return TrainResult(model, metrics, history)
 
 
@@ -284,11 +298,13 @@ def load_trained_reward_model(profile: Profile, path: str | Path, *, model_id: s
     path = Path(path)
     if not (path / "adapter_config.json").exists():  # a full model folder
         return _load_rm(profile, lora=False, model_id=str(path), load_in_4bit=load_in_4bit, verbose=verbose).eval()
+    if is_adapter(model_id):  # the SFT adapter it was started from: the reward model's LoRA already holds it
+        model_id = adapter_base(profile, model_id)
     base = model_id or PeftConfig.from_pretrained(str(path)).base_model_name_or_path
     if not Path(base).is_absolute() and not Path(base).exists() and (REPO_ROOT / base).exists():
         base = str(REPO_ROOT / base)  # the shipped adapters record their base relative to the repository
     model = _load_rm(profile, lora=False, model_id=base, load_in_4bit=load_in_4bit,
-                     tokenizer=load_tokenizer(profile, str(path)), verbose=verbose)
+                     tokenizer=pad_for_reward_model(load_tokenizer(profile, str(path))), verbose=verbose)
     return PeftModel.from_pretrained(model, str(path)).eval()
 
 
@@ -302,11 +318,11 @@ def train_reward_model_scratch(
 ) -> TrainResult:
     """What `RewardTrainer` does, written out: tokenize pairs -> score chosen and rejected ->
     Bradley-Terry loss -> AdamW. Same arguments, defaults and schedule as `train_reward_model`."""
-    steps = steps or profile.rm_steps
+    steps = steps_or_default(steps, profile.rm_steps)
     pairs = to_conversational_dataset(load_preferences(dataset if dataset is not None else load_rm_data("train")))
     eval_data = to_conversational_dataset(load_preferences(eval_dataset if eval_dataset is not None
                                                             else load_rm_data("test")))
-    tokenizer = load_tokenizer(profile, model_id)
+    tokenizer = pad_for_reward_model(load_tokenizer(profile, model_id))
     torch.manual_seed(seed)
     model = _load_rm(profile, lora=lora, load_in_4bit=load_in_4bit, model_id=model_id, tokenizer=tokenizer,
                      verbose=progress)
@@ -319,7 +335,7 @@ def train_reward_model_scratch(
     margins = pairs["margin"] if "margin" in pairs.column_names else None
 
     params = [p for p in model.parameters() if p.requires_grad]
-    learning_rate = learning_rate or LEARNING_RATES.get(profile.name, TRL_LEARNING_RATE)
+    learning_rate = learning_rate or profile.recipe.rm_learning_rate
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)  # Trainer's AdamW, no decay
     scheduler = get_scheduler(LR_SCHEDULE, optimizer, num_warmup_steps=math.ceil(WARMUP_RATIO * steps),
                               num_training_steps=steps)

@@ -4,7 +4,7 @@ and a gridworld MDP with the Bellman equations.
     returns      discounted_return, returns_to_go
     bandit       Bandit (Sutton & Barto's 10-armed testbed), epsilon_greedy, ucb_action, run_bandit
     MDP          GridWorld (its dynamics as tensors P, R), bellman_backup, policy_evaluation,
-                 value_iteration
+                 value_iteration, greedy_policy (argmax with ties broken the same on every CPU)
     plots        plot_regret, plot_gridworld
 
 References: Sutton & Barto, "Reinforcement Learning: An Introduction", 2nd ed. (2018) - chapter 2
@@ -240,7 +240,18 @@ def value_iteration(P: torch.Tensor, R: torch.Tensor, gamma: float, tol: float =
         V = V_new
         if done:
             break
-    return V, bellman_backup(V, P, R, gamma).argmax(dim=1)
+    return V, greedy_policy(bellman_backup(V, P, R, gamma))
+
+
+def greedy_policy(Q: torch.Tensor, tol: float = 1e-9) -> torch.Tensor:
+    """pi(s) = argmax_a Q(s, a): Q (S, A) -> (S,) long, ties broken toward the first action.
+
+    Two actions that are worth exactly the same in exact arithmetic (the gridworld is symmetric about
+    its diagonal) differ in the last bits of a float, and which one comes out ahead then depends on the
+    CPU's matrix kernels (an Intel and an AMD CPU pick different arrows). Values within `tol` of the best
+    count as a tie, and the first of them wins, on every machine."""
+    best = Q.max(dim=1, keepdim=True).values                  # (S, 1)
+    return (Q >= best - tol).to(torch.uint8).argmax(dim=1)    # argmax returns the first maximal index
 
 
 def random_mdp(n_states: int = 6, n_actions: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,6 +53,13 @@ def sample_ids(
     return query, response, ended
 
 
+def prompt_mask(query: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """(B, Tq) -> (B, Tq) long: 1 on the prompt's tokens, 0 on the left padding before them.
+    By position: the padding is the run of pad ids *before* the first real token; a pad id after it is a
+    real token (Zephyr pads with `</s>`, which also closes every turn of its chat template)."""
+    return ((query != pad_token_id).cumsum(dim=1) > 0).long()
+
+
 def answer_mask(response: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """(B, Tr) -> (B, Tr) long: 1 on the answer's tokens up to and including its first EOS, 0 after.
     By position, not by "is not padding": some tokenizers pad with the EOS token itself."""

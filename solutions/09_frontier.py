@@ -30,7 +30,7 @@
 #
 # **Prerequisites**: notebook 6 (PPO, the KL penalty, the length-biased reward model), notebook 7 (DPO,
 # IPO) and notebook 8 (best-of-n, GRPO). The SFT model and the reward models load from
-# `rlhf_course.checkpoints`: nothing to retrain. No GPU is needed.
+# `rlhf_course.trained_models`: nothing to retrain. No GPU is needed.
 #
 # **Estimated time**: 60 minutes to work through. The notebook runs in about 1.5 minutes on a laptop CPU
 # (tiny profile); the full-size runs behind its two tables take longer and run from the command line.
@@ -41,7 +41,6 @@
 # %%
 import math
 import warnings
-from statistics import mean
 
 import datasets
 import matplotlib.pyplot as plt
@@ -50,12 +49,16 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging as hf_logging
 
-from rlhf_course import checkpoints, dpo_family, grpo_variants, methods, toyworld
+from rlhf_course import dpo_family, methods, toyworld, trained_models
 from rlhf_course import overoptimization as oo
 from rlhf_course import reward_model as rm
 from rlhf_course.best_of_n import best_of_n_kl
-from rlhf_course.checks.nb09_frontier import (check_ensemble_reward, check_fit_best_of_n, check_simpo_loss,
-                                              check_steps_in_order)
+from rlhf_course.checks.nb09_frontier import (
+    check_ensemble_reward,
+    check_fit_best_of_n,
+    check_simpo_loss,
+    check_steps_in_order,
+)
 from rlhf_course.loading import load_policy, load_tokenizer
 from rlhf_course.parallel import start_jobs
 
@@ -67,8 +70,8 @@ datasets.disable_progress_bars()
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
 GOLD = profile.has_ground_truth  # the toy world's exact reward: the tiny profile only
-SKIP = ("skipped: this cell measures against the toy world's gold reward, which the {} profile does not have "
-        "(a 7B answers in free text; its judge is an independent reward model, not a gold reward)").format(profile.name)
+SKIP = (f"skipped: this cell measures against the toy world's gold reward, which the {profile.name} profile does not have "
+        "(a 7B answers in free text; its judge is an independent reward model, not a gold reward)")
 # how long each live run trains here (the full-size runs: `rlhf-course overoptimization`, benchmarks/methods_table.py)
 SIZES = dict(bon_prompts=16, n_max=64, ppo_steps=20, eval_every=5, family_steps=6, family_batch=16, grpo_steps=6,
              grpo_batch=16)
@@ -76,18 +79,18 @@ WORKERS = 2  # independent runs go to two processes of one thread each: the tiny
 
 # %% [markdown]
 # We start from the course's SFT model (notebook 3). The **proxy** is the reward model of notebook 6 that
-# learned its labellers' taste for long answers (`checkpoints.reward_model(profile, "length_biased")`):
+# learned its labellers' taste for long answers (`trained_models.reward_model_dir(profile, "length_biased")`):
 # each extra sentence was worth 0.25 to them, whatever it said. Three more reward models were trained the
 # same way, each on its own bootstrap sample of those labels with its own seed: with the first, an
-# ensemble of four (`checkpoints.reward_model_ensemble`, shipped with the course).
+# ensemble of four (`trained_models.reward_model_ensemble`, shipped with the course).
 
 # %%
 if GOLD:
-    sft_path = checkpoints.sft_model(profile)
+    sft_path = trained_models.sft_model(profile)
     tokenizer = load_tokenizer(profile, sft_path)
     policy = load_policy(profile, lora=False, model_id=sft_path, verbose=False)
     members = [rm.reward_fn(rm.load_trained_reward_model(profile, path, verbose=False), tokenizer)
-               for path in checkpoints.reward_model_ensemble(profile)]
+               for path in trained_models.reward_model_ensemble(profile)]
     proxy = members[0]  # the length-biased reward model of notebook 6
     print(f"{len(members)} length-biased reward models; the proxy is the first")
 else:
@@ -156,6 +159,17 @@ if GOLD:  # two facts that do not depend on the sample
 # Given $d$ and the gain $R = $ gold $-$ gold at $d = 0$, return the least-squares $(\alpha, \beta)$ of
 # $R(d) = d(\alpha - \beta d) = \alpha d - \beta d^2$. It is linear in $(\alpha, \beta)$: two features, and no
 # intercept (the gain is 0 at $d = 0$ by definition).
+#
+# **Mistakes the check names**: $\beta$ with the wrong sign; $\alpha$ and $\beta$ swapped; a fit with an
+# intercept; the KL on the x-axis instead of $d = \sqrt{\mathrm{KL}}$; the RL form $d(\alpha - \beta\log d)$
+# instead of best-of-n's; inputs changed.
+#
+# <details><summary>Hint 2 (the lines)</summary>
+#
+# `features = torch.stack([d, -d**2], dim=1)` (float64 tensors), then
+# `torch.linalg.lstsq(features, gain.unsqueeze(1)).solution.squeeze(1)` holds $(\alpha, \beta)$.
+#
+# </details>
 
 # %%
 def fit_best_of_n(d: list[float], gain: list[float]) -> tuple[float, float]:
@@ -163,7 +177,7 @@ def fit_best_of_n(d: list[float], gain: list[float]) -> tuple[float, float]:
     assert len(d) == len(gain) >= 2
     # SOLUTION
     # STUB return 0.0, 0.0
-    # HINT torch.linalg.lstsq(A, b) solves min ||A x - b||; A's columns are d and -d**2 (float64 tensors)
+    # HINT a least-squares problem A x = b: one column of A per coefficient, no column of ones
     d_t, r = torch.tensor(d, dtype=torch.float64), torch.tensor(gain, dtype=torch.float64)
     features = torch.stack([d_t, -d_t**2], dim=1)                      # (N, 2)
     alpha, beta = torch.linalg.lstsq(features, r.unsqueeze(1)).solution.squeeze(1).tolist()
@@ -172,7 +186,7 @@ def fit_best_of_n(d: list[float], gain: list[float]) -> tuple[float, float]:
 
 
 # %%
-check_fit_best_of_n(fit_best_of_n)
+fit_best_of_n = check_fit_best_of_n(fit_best_of_n)
 
 # %% [markdown]
 # The fitted curve through the measured points (the package's `oo.fit_curve` does the same fit), with the
@@ -185,7 +199,7 @@ if GOLD:
     print(f"alpha {bon_fit['alpha']:.3f}, beta {bon_fit['beta']:.3f}: the fitted gold reward peaks at "
           f"d = {bon_fit['d_peak']:.2f}, KL {bon_fit['kl_peak']:.2f} nats (n = 1 ... {SIZES['n_max']} spans KL 0 ... "
           f"{bon[-1]['kl']:.2f})")
-    display(oo.plot_curve(bon, bon_fit, title=f"Best-of-n against the length-biased proxy"))
+    display(oo.plot_curve(bon, bon_fit, title="Best-of-n against the length-biased proxy"))
 
 # %% [markdown]
 # The proxy climbs with every doubling of $n$ (it must: the expected best of more answers, by the
@@ -248,6 +262,17 @@ if GOLD:
 # `scores[i, j]` is member $i$'s score of answer $j$, shape $(k, N)$. Standardise each member over the $N$
 # answers (mean 0, sample standard deviation 1; add 1e-6 to the std), then return, per answer, the mean
 # over the members (`aggregate="mean"`) or the minimum (`"worst"`). Do not change `scores`.
+#
+# **Mistakes the check names**: members combined without standardising; standardised across the members
+# instead of over the answers; centred but not scaled; the population std; the maximum as the worst case;
+# the two aggregates swapped; `scores` changed in place (also when it is a non-contiguous view).
+#
+# <details><summary>Hint 2 (the lines)</summary>
+#
+# `z = (scores - scores.mean(dim=1, keepdim=True)) / (scores.std(dim=1, keepdim=True) + 1e-6)`, then
+# `z.mean(dim=0)` or `z.min(dim=0).values`.
+#
+# </details>
 
 # %%
 def ensemble_reward(scores: torch.Tensor, aggregate: str = "mean") -> torch.Tensor:
@@ -255,14 +280,14 @@ def ensemble_reward(scores: torch.Tensor, aggregate: str = "mean") -> torch.Tens
     assert scores.dim() == 2 and aggregate in ("mean", "worst")
     # SOLUTION
     # STUB return scores.mean(dim=0)
-    # HINT scores.mean(dim=1, keepdim=True) and scores.std(dim=1, keepdim=True) are each member's; .min(dim=0).values
+    # HINT each member is a row: its statistics are over dim 1; the members are combined over dim 0
     z = (scores - scores.mean(dim=1, keepdim=True)) / (scores.std(dim=1, keepdim=True) + 1e-6)   # (k, N)
     return z.mean(dim=0) if aggregate == "mean" else z.min(dim=0).values
     # END SOLUTION
 
 
 # %%
-check_ensemble_reward(ensemble_reward)
+ensemble_reward = check_ensemble_reward(ensemble_reward)
 
 # %% [markdown]
 # **A length penalty** (Singhal et al. 2023, "A long way to go: investigating length correlations in RLHF",
@@ -346,6 +371,17 @@ if GOLD:
 #
 # `toyworld.TIPS[prompt.task]` lists the task's steps in order; `toyworld.split_sentences(response)` gives
 # the answer's sentences.
+#
+# **Mistakes the check names** (one hand-made answer each): steps out of order; fewer than three; filler
+# sentences; another task's step; a repeated step; an answer cut at the length limit; an empty answer; and,
+# the other way, rejecting gaps (steps 1, 3, 5 are in order).
+#
+# <details><summary>Hint 2 (the lines)</summary>
+#
+# Return False unless `ended`, `len(sentences) >= 3` and every sentence is in `steps`; then
+# `order = [steps.index(s) for s in sentences]` must satisfy `all(a < b for a, b in zip(order, order[1:]))`.
+#
+# </details>
 
 # %%
 def steps_in_order(prompt: toyworld.Prompt, response: str, ended: bool = True) -> bool:
@@ -355,7 +391,7 @@ def steps_in_order(prompt: toyworld.Prompt, response: str, ended: bool = True) -
     sentences = toyworld.split_sentences(response)
     # SOLUTION
     # STUB return len(sentences) >= 3
-    # HINT check ended, the count and membership first; then the steps' indices must be strictly increasing
+    # HINT rule out what cannot pass first; then compare each step's position in TIPS with the next one's
     if not ended or len(sentences) < 3 or not all(s in steps for s in sentences):
         return False
     order = [steps.index(s) for s in sentences]
@@ -364,7 +400,7 @@ def steps_in_order(prompt: toyworld.Prompt, response: str, ended: bool = True) -
 
 
 # %%
-check_steps_in_order(steps_in_order)
+steps_in_order = check_steps_in_order(steps_in_order)
 
 # %% [markdown]
 # **The variants** are switches of TRL's `GRPOConfig` (TRL 1.16 names), passed through
@@ -429,6 +465,18 @@ else:
 # $\;\mathcal{L} = -\log\sigma\!\left(\frac{\beta}{|y_w|}\log\pi(y_w|x) - \frac{\beta}{|y_l|}\log\pi(y_l|x) - \gamma\right)$,
 # averaged over the pairs. Return the loss and the implicit rewards $\frac{\beta}{|y|}\log\pi(y|x)$ of both
 # answers, detached.
+#
+# **Mistakes the check names**: no length normalisation; $+\gamma$ instead of $-\gamma$; $\gamma$ inside
+# $\beta$'s product; no $\beta$; chosen and rejected swapped; a sum instead of a mean; no log; DPO's form
+# without $|y|$ and $\gamma$; rewards without $\beta$ or not detached; $-\log(\sigma(x))$, which overflows
+# to inf on a large margin. Checked at three $(\beta, \gamma)$, with a tie and an extreme pair.
+#
+# <details><summary>Hint 2 (the lines)</summary>
+#
+# `chosen_rewards = beta * policy_chosen_logps / chosen_lengths` (the same for rejected), then
+# `loss = -F.logsigmoid(chosen_rewards - rejected_rewards - gamma).mean()`.
+#
+# </details>
 
 # %%
 def simpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
@@ -439,7 +487,7 @@ def simpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.T
     assert policy_chosen_logps.shape == policy_rejected_logps.shape == chosen_lengths.shape == (B,)
     # SOLUTION
     # STUB return torch.tensor(0.0), torch.zeros(B), torch.zeros(B)
-    # HINT rewards first (divide by the lengths, times beta), then -logsigmoid(r_w - r_l - gamma).mean()
+    # HINT compute each answer's implicit reward first; the loss is a logistic loss on their margin
     chosen_rewards = beta * policy_chosen_logps / chosen_lengths
     rejected_rewards = beta * policy_rejected_logps / rejected_lengths
     loss = -F.logsigmoid(chosen_rewards - rejected_rewards - gamma).mean()
@@ -448,7 +496,7 @@ def simpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.T
 
 
 # %%
-check_simpo_loss(simpo_loss)
+simpo_loss = check_simpo_loss(simpo_loss)
 
 # %% [markdown]
 # Now the five losses on the same footing: one training loop (`dpo_family.train_preference`: fresh LoRA
@@ -495,7 +543,37 @@ if GOLD:
 # Every method of this notebook, at full size, three seeds (`python benchmarks/methods_table.py --out DIR`,
 # measured on the 2-core machine under load from other jobs; mean ± std over seeds 0, 1, 2):
 #
-# METHODS_TABLE
+# | method | group | gold reward | KL to SFT (nats) | length (tokens) | train seconds |
+# |---|---|---:|---:|---:|---:|
+# | SFT (start) | start | 0.36 | 0.00 | 23.4 | 0 |
+# | DPO | DPO family | 0.46 ± 0.03 | 0.39 ± 0.12 | 25.8 ± 1.0 | 55 ± 3 |
+# | IPO | DPO family | 0.50 ± 0.02 | 1.01 ± 0.35 | 27.4 ± 1.5 | 53 ± 1 |
+# | SimPO | DPO family | 0.51 ± 0.01 | 2.48 ± 0.52 | 30.1 ± 2.0 | 40 ± 2 |
+# | KTO | DPO family | 0.47 ± 0.05 | 1.50 ± 1.11 | 26.6 ± 0.8 | 52 ± 15 |
+# | ORPO | DPO family | 0.49 ± 0.07 | 1.59 ± 0.77 | 27.8 ± 2.4 | 18 ± 0 |
+# | offline DPO (RM labels) | online vs offline | 0.46 ± 0.02 | 2.99 ± 0.49 | 31.4 ± 0.8 | 30 ± 2 |
+# | online DPO (RM labels) | online vs offline | 0.36 ± 0.07 | 11.23 ± 6.21 | 34.6 ± 0.9 | 37 ± 6 |
+# | GRPO (β = 0.04) | GRPO + verifiable reward | 0.43 ± 0.05 | 0.97 ± 0.05 | 24.2 ± 1.4 | 24 ± 1 |
+# | GRPO, β = 0 | GRPO + verifiable reward | 0.39 ± 0.05 | 1.76 ± 0.96 | 24.1 ± 1.3 | 21 ± 1 |
+# | Dr. GRPO | GRPO + verifiable reward | 0.41 ± 0.03 | 2.41 ± 1.78 | 24.6 ± 1.4 | 11 ± 1 |
+# | DAPO | GRPO + verifiable reward | 0.40 ± 0.02 | 1.13 ± 0.19 | 23.3 ± 1.2 | 15 ± 1 |
+#
+# | method | group | verifier pass rate |
+# |---|---|---:|
+# | SFT (start) | start | 0.38 |
+# | DPO | DPO family | 0.46 ± 0.04 |
+# | IPO | DPO family | 0.46 ± 0.00 |
+# | SimPO | DPO family | 0.47 ± 0.09 |
+# | KTO | DPO family | 0.53 ± 0.09 |
+# | ORPO | DPO family | 0.35 ± 0.02 |
+# | offline DPO (RM labels) | online vs offline | 0.31 ± 0.12 |
+# | online DPO (RM labels) | online vs offline | 0.11 ± 0.08 |
+# | GRPO (β = 0.04) | GRPO + verifiable reward | 0.82 ± 0.04 |
+# | GRPO, β = 0 | GRPO + verifiable reward | 0.80 ± 0.07 |
+# | Dr. GRPO | GRPO + verifiable reward | 0.82 ± 0.13 |
+# | DAPO | GRPO + verifiable reward | 0.82 ± 0.04 |
+#
+# Measured 2026-12-05 on the 2-core machine while other jobs ran (`--workers 2`, 617 s wall). Online DPO with the reward model as its labeller is the lab's lesson again: its second round is labelled by the same length-biased proxy on the policy's own answers, and it drifts (KL 11 ± 6 nats, longer answers) while the gold reward falls back to the SFT model's; offline DPO with the same labels and budget stays at KL 3.
 #
 # How to read it:
 # - compare rows **within a group**: the DPO family trained on the toy world's human-style labels; online

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from rlhf_course import toyworld
-from rlhf_course.ai_feedback import (CONSTITUTION, ConstitutionalJudge, GroundTruthJudge, RewardModelJudge,
-                                     judge_agreement, judge_prompt, letter_logprobs, make_judge)
+from rlhf_course.ai_feedback import (CONSTITUTION, ConstitutionalJudge, GroundTruthJudge, PrincipleJudge,
+                                     RewardModelJudge, critique, judge_agreement, judge_prompt, letter_logprobs,
+                                     make_judge, principles, revise)
 from rlhf_course.labelling import (Label, Pair, canonical_choice, cohen_kappa, label_pairs, merge_labels,
                                    simulated_labeller)
 from rlhf_course.logprobs import sequence_logprobs
@@ -66,7 +67,8 @@ def test_reward_model_judge_is_the_bradley_terry_probability_of_the_reward_model
     r_b = score_texts(rm, tokenizer, [p.prompt for p in pairs], [p.answer_b for p in pairs])
     assert probs == pytest.approx(torch.sigmoid(r_a - r_b).tolist(), abs=1e-5)
     assert isinstance(make_judge(tiny, reward_model=rm, tokenizer=tokenizer), RewardModelJudge)
-    assert isinstance(make_judge(tiny), GroundTruthJudge)
+    assert isinstance(make_judge(tiny), PrincipleJudge)
+    assert isinstance(make_judge(tiny, labeller=toyworld.Labeller()), GroundTruthJudge)
 
 
 def test_a_trained_reward_model_judge_mostly_agrees_with_the_ground_truth(tiny, tokenizer):
@@ -113,3 +115,51 @@ def test_the_7b_judge_needs_the_model():
     with pytest.raises(ValueError, match="model= and tokenizer="):
         make_judge(big)
     assert isinstance(make_judge(big, model=object(), tokenizer=object()), ConstitutionalJudge)
+
+
+# --- the constitution applied at tiny scale: critique, revise, judge ----------------------------------
+
+def test_the_constitution_has_five_named_principles():
+    assert list(principles()) == ["Helpful", "Honest", "Harmless", "Respectful", "Concise"]
+
+
+def _prompt(task: str, harmful: bool = False, claim_true: bool | None = None) -> toyworld.Prompt:
+    return next(p for p in toyworld.all_prompts() if p.task == task and p.harmful == harmful and
+                (p.claim_true is claim_true))
+
+
+@pytest.mark.parametrize("prompt, answer, principle", [
+    (lambda: _prompt("cook rice"), "rinse the rice first . figure it out yourself .", "Respectful"),
+    (lambda: _prompt("cook rice"), "rinse the rice first . good luck .", "Concise"),
+    (lambda: _prompt("cook rice"), "sorry , i can not help with that .", "Helpful"),
+    (lambda: _prompt("steal a bike", harmful=True), "cut the bike lock at night .", "Harmless"),
+    (lambda: _prompt("cook rice", claim_true=False), "yes , that is right .", "Honest"),
+])
+def test_each_principle_names_what_it_objects_to(prompt, answer, principle):
+    p = prompt()
+    names = {c.principle for c in critique(p.text, answer)}
+    assert principle in names, critique(p.text, answer)
+    assert set(names) <= set(principles())
+
+
+def test_a_good_answer_gets_no_critique_and_revision_never_lowers_the_ground_truth():
+    for p in toyworld.eval_prompts():
+        best = toyworld.best_response(p)
+        assert critique(p.text, best) == [] and revise(p.text, best) == best
+    pairs = toy_pairs(200, seed=5)
+    before = [toyworld.reward(p.prompt, a) for p in pairs for a in (p.answer_a, p.answer_b)]
+    after = [toyworld.reward(p.prompt, revise(p.prompt, a)) for p in pairs for a in (p.answer_a, p.answer_b)]
+    assert all(y >= x - 1e-9 for x, y in zip(before, after))
+    assert sum(after) / len(after) > sum(before) / len(before) + 0.1
+    # what the reviser cannot cut it leaves: at most a complaint about the answer as a whole (no steps at all)
+    assert all(all(c.sentence == "" for c in critique(p.prompt, revise(p.prompt, a))) or revise(p.prompt, a) == a
+               for p in pairs for a in (p.answer_a, p.answer_b))
+
+
+def test_the_principle_judge_agrees_with_the_ground_truth_often_but_not_always():
+    pairs = toy_pairs(200, seed=6)
+    judge = PrincipleJudge()
+    probs, swapped = judge(pairs), judge([Pair(p.prompt, p.answer_b, p.answer_a) for p in pairs])
+    assert all(abs(a + b - 1) < 1e-12 for a, b in zip(probs, swapped))  # no position bias, by construction
+    agreement = judge_agreement(judge, truth(pairs))
+    assert 75 < agreement.percent < 100 and agreement.cohen_kappa > 0.5

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # callable -> the parameter names we pass (an empty list: we only need the callable to exist)
 RECORDED = {
-    # trl: trainers and their configs (plus every field of sft.trl_common_args, checked separately)
+    # trl: trainers and their configs (plus every field of training.trl_common_args, checked separately)
     "trl.SFTConfig": ["completion_only_loss", "learning_rate", "lr_scheduler_type", "max_length", "warmup_steps"],
     "trl.SFTTrainer": ["args", "model", "peft_config", "processing_class", "train_dataset"],
     "trl.DPOConfig": ["beta", "learning_rate", "loss_type", "lr_scheduler_type", "max_length", "warmup_steps"],
@@ -76,7 +76,7 @@ RECORDED = {
     "bitsandbytes.functional.QuantState": [],
 
     # accelerate
-    "accelerate.Accelerator": ["cpu"],
+    "accelerate.Accelerator": ["cpu", "mixed_precision"],
     "accelerate.Accelerator.reduce": ["reduction"],
     "accelerate.PartialState": [],
 }
@@ -178,13 +178,13 @@ def test_trl_common_args_are_fields_of_every_trl_config(tmp_path):
     from trl import DPOConfig, GRPOConfig, RewardConfig, RLOOConfig, SFTConfig
 
     from rlhf_course.profiles import Hardware, pick_profile, profile_7b
-    from rlhf_course.sft import trl_common_args
+    from rlhf_course.training import trl_common_args
 
     for profile in (pick_profile("tiny", Hardware("cpu")), profile_7b(Hardware("cuda", "T4", 14.7), "test")):
         keys = set(trl_common_args(profile, 10, None, False, checkpoint_dir=tmp_path, save_every=2))
         for config in (SFTConfig, DPOConfig, RewardConfig, GRPOConfig, RLOOConfig):
             missing = keys - {f.name for f in dataclasses.fields(config)}
-            assert not missing, f"{library_of('trl')}: trl.{config.__name__} has no field(s) {sorted(missing)} (sft.trl_common_args)"
+            assert not missing, f"{library_of('trl')}: trl.{config.__name__} has no field(s) {sorted(missing)} (training.trl_common_args)"
 
 
 def test_bitsandbytes_quant_state_has_the_fields_the_planner_counts():

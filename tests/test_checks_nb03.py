@@ -1,14 +1,26 @@
-"""Notebook 3's checks name the mistake: each typical wrong answer gets its own message."""
+"""Notebook 3's checks cannot be fooled: the package references pass, and every wrong answer below - in
+place, at one scale only, masking by token id, and each promised mistake - gets ✗ with its own message."""
 
+import pytest
 import torch
 
+from rlhf_course import memory, sft
 from rlhf_course.checks.core import run_check as run
 from rlhf_course.checks.nb03_sft import (
+    TINY_EOS,
     check_completion_labels,
     check_count_lora_params,
     check_lora_forward,
 )
 from rlhf_course.memory import Architecture, lora_parameter_count
+
+
+@pytest.mark.parametrize("check_fn, reference", [(check_completion_labels, sft.completion_labels),
+                                                 (check_lora_forward, sft.lora_forward),
+                                                 (check_count_lora_params, memory.count_lora_params)])
+def test_the_package_reference_passes(check_fn, reference):
+    assert check_fn.reference is reference
+    assert run(check_fn, reference)[0] is True
 
 
 # --- completion_labels ----------------------------------------------------------------------------
@@ -22,48 +34,55 @@ def labels(input_ids, attention_mask, prompt_lengths, shift=0):
     return input_ids.masked_fill(prompt | (attention_mask == 0), -100)
 
 
-def test_completion_labels_check_passes_the_reference_and_names_each_mistake(fails_with):
-    assert run(check_completion_labels, labels)[0] is True
-    fails_with(check_completion_labels, lambda ids, m, p: ids.clone(), "nothing was masked")
-    fails_with(check_completion_labels, lambda ids, m, p: ids.masked_fill(m == 0, -100), "prompt tokens were not masked")
-    fails_with(check_completion_labels, lambda ids, m, p: ids.masked_fill(positions(ids) < p[:, None], -100),
-                      "padding positions were not masked")
-    fails_with(check_completion_labels,
-                      lambda ids, m, p: ids.masked_fill((positions(ids) < p[:, None]) | (ids == 1), -100),
-                      "every token equal to the pad token")
-    fails_with(check_completion_labels, lambda ids, m, p: labels(ids, m, p, shift=1), "off by one")
-    fails_with(check_completion_labels, lambda ids, m, p: labels(ids, m, p, shift=-1), "off by one")
-    fails_with(check_completion_labels,
-                      lambda ids, m, p: ids.masked_fill((positions(ids) < p[:, None]) | (m == 0), 0), "not 0")
+def _in_place(ids, m, p):
+    ids[positions(ids).expand_as(ids) < p[:, None]] = -100
+    ids[m == 0] = -100
+    return ids
 
-    def in_place(ids, m, p):
-        ids[positions(ids).expand_as(ids) < p[:, None]] = -100
-        ids[m == 0] = -100
-        return ids
 
-    fails_with(check_completion_labels, in_place, "in place")
+def _shifted(ids, m, p):
+    out = torch.full_like(ids, -100)
+    out[:, :-1] = labels(ids, m, p)[:, 1:]
+    return out
 
-    def shifted(ids, m, p):
-        out = torch.full_like(ids, -100)
-        out[:, :-1] = labels(ids, m, p)[:, 1:]
-        return out
 
-    fails_with(check_completion_labels, shifted, "do not shift")
+def _pad_by_id(ids, m, p):
+    """Padding found as `input_ids == the pad token`: looks at the last token of the longest row (padding)."""
+    pad = int(ids[m == 0][0])
+    return ids.masked_fill((positions(ids) < p[:, None]) | (ids == pad), -100)
+
+
+LABELS = [
+    (lambda ids, m, p: ids.clone(), "nothing was masked"),
+    (lambda ids, m, p: ids.masked_fill(m == 0, -100), "prompt tokens were not masked"),
+    (lambda ids, m, p: ids.masked_fill(positions(ids) < p[:, None], -100), "padding positions were not masked"),
+    (lambda ids, m, p: labels(ids, m, p).masked_fill(ids == TINY_EOS, -100), "end-of-turn token"),   # promised
+    (_pad_by_id, "every token equal to the pad token"),
+    (lambda ids, m, p: labels(ids, m, p, shift=1), "off by one"),
+    (lambda ids, m, p: labels(ids, m, p, shift=-1), "off by one"),
+    (lambda ids, m, p: ids.masked_fill((positions(ids) < p[:, None]) | (m == 0), 0), "not 0"),
+    (_in_place, "changed `ids` in place"),
+    (_shifted, "do not shift"),
+]
 
 
 # --- lora_forward ---------------------------------------------------------------------------------
 
-def lora(x, W, A, B, alpha, r):
-    return x @ W.T + (alpha / r) * (x @ A.T @ B.T)
+def _scales_x_in_place(x, W, A, B, a, r):
+    x *= 1.0  # the values are unchanged, but x is written: an expanded x raises
+    return sft.lora_forward(x, W, A, B, a, r)
 
 
-def test_lora_forward_check_passes_the_reference_and_names_each_mistake(fails_with):
-    assert run(check_lora_forward, lora)[0] is True
-    fails_with(check_lora_forward, lambda x, W, A, B, a, r: x @ W.T + x @ A.T @ B.T, "scale alpha / r is missing")
-    fails_with(check_lora_forward, lambda x, W, A, B, a, r: x @ W.T + (r / a) * (x @ A.T @ B.T), "upside down")
-    fails_with(check_lora_forward, lambda x, W, A, B, a, r: x @ W.T, "LoRA branch is missing")
-    fails_with(check_lora_forward, lambda x, W, A, B, a, r: (a / r) * (x @ A.T @ B.T), "frozen weight")
-    fails_with(check_lora_forward, lambda x, W, A, B, a, r: x @ W + (a / r) * (x @ A.T @ B.T), "x W^T")
+LORA = [
+    (lambda x, W, A, B, a, r: x @ W.T + x @ A.T @ B.T, "scale alpha / r is missing"),
+    (lambda x, W, A, B, a, r: x @ W.T + (r / a) * (x @ A.T @ B.T), "upside down"),
+    (lambda x, W, A, B, a, r: x @ W.T + a * (x @ A.T @ B.T), "not alpha"),
+    (lambda x, W, A, B, a, r: x @ W.T, "LoRA branch is missing"),
+    (lambda x, W, A, B, a, r: (a / r) * (x @ A.T @ B.T), "frozen weight"),
+    (lambda x, W, A, B, a, r: x @ W + (a / r) * (x @ A.T @ B.T), "x W^T"),
+    (lambda x, W, A, B, a, r: x @ W.T + 4.0 * (x @ A.T @ B.T), "alpha = "),      # one scale only (16 / 4)
+    (_scales_x_in_place, "changed `x` in place"),
+]
 
 
 # --- count_lora_params ----------------------------------------------------------------------------
@@ -82,8 +101,19 @@ def no_gqa(config, r, targets):
     return lora_parameter_count(arch, r, targets)
 
 
-def test_count_lora_params_check_passes_the_reference_and_names_each_mistake(fails_with):
-    assert run(check_count_lora_params, count)[0] is True
-    fails_with(check_count_lora_params, no_gqa, "grouped-query attention")
-    fails_with(check_count_lora_params, lambda c, r, t: count(c, r, t) // c.num_hidden_layers, "number of layers")
-    fails_with(check_count_lora_params, lambda c, r, t: 0, "peft trains")
+COUNT = [
+    (no_gqa, "grouped-query attention"),
+    (lambda c, r, t: count(c, r, t) // c.num_hidden_layers, "number of layers"),
+    (lambda c, r, t: 0, "peft trains"),
+    (lambda c, r, t: count(c, 16, t), "r=8"),                                     # one rank only
+]
+
+CASES = [pytest.param(check_fn, fn, words, id=f"{check_fn.__name__}:{words}")
+         for check_fn, wrongs in ((check_completion_labels, LABELS), (check_lora_forward, LORA),
+                                  (check_count_lora_params, COUNT))
+         for fn, words in wrongs]
+
+
+@pytest.mark.parametrize("check_fn, wrong, words", CASES)
+def test_each_wrong_answer_gets_its_message(check_fn, wrong, words, fails_with):
+    fails_with(check_fn, wrong, words)

@@ -1,5 +1,6 @@
-"""Notebook 8's checks name the mistake: each typical wrong answer gets its own message, and the
-package's helpers they compare with are right on hand-computed examples."""
+"""Notebook 8's checks cannot be fooled: each typical wrong answer - in place through a `.view`, and each
+promised mistake - gets its own message, and the package's helpers they compare with (the references
+the notebook falls back on) are right on hand-computed examples and pass."""
 
 import math
 
@@ -7,10 +8,35 @@ import pytest
 import torch
 
 from rlhf_course import toyworld
+from rlhf_course.best_of_n import best_of_n_kl
 from rlhf_course.checks import nb08_beyond as nb08
 from rlhf_course.checks.core import run_check as run
-from rlhf_course.evaluation import is_refusal
+from rlhf_course.evaluation import is_refusal, refusal_rate, win_rate_from_scores
 from rlhf_course.grpo import group_relative_advantages, rloo_advantages
+
+
+@pytest.mark.parametrize("check_fn, reference", [(nb08.check_best_of_n_kl, best_of_n_kl),
+                                                 (nb08.check_group_relative_advantages, group_relative_advantages),
+                                                 (nb08.check_rloo_advantages, rloo_advantages),
+                                                 (nb08.check_win_rate, win_rate_from_scores),
+                                                 (nb08.check_refusal_rate, refusal_rate)])
+def test_the_package_reference_passes(check_fn, reference):
+    assert check_fn.reference is reference
+    assert run(check_fn, reference)[0] is True
+
+
+def _grpo_in_place(r, g):
+    """The issue's example: normalised through a view, which writes into the caller's rewards."""
+    x = r.view(-1, g)
+    x -= x.mean(1, keepdim=True)
+    x /= x.std(1, keepdim=True) + 1e-4
+    return r
+
+
+def _rloo_in_place(r, k):
+    x = r.view(-1, k)
+    x -= (x.sum(1, keepdim=True) - x) / (k - 1)
+    return r
 
 
 def test_grpo_and_rloo_helpers_on_a_hand_computed_group():
@@ -60,6 +86,7 @@ def _strided(r, g):
     (_centred_only, "forgot to divide by the group's std"),
     (_no_eps, "NaN or inf"),
     (_strided, "CONSECUTIVE"),
+    (_grpo_in_place, "changed `r` in place"),
 ])
 def test_group_relative_advantages_mistakes(wrong, message, fails_with):
     fails_with(nb08.check_group_relative_advantages, wrong, message)
@@ -84,6 +111,7 @@ def _divide_by_k(r, k):
     (_divide_by_k, "k - 1 other answers"),
     (lambda r, k: r - (r.sum() - r) / (r.numel() - 1), "whole batch"),
     (group_relative_advantages, "GRPO's advantage"),
+    (_rloo_in_place, "changed `r` in place"),
 ])
 def test_rloo_advantages_mistakes(wrong, message, fails_with):
     fails_with(nb08.check_rloo_advantages, wrong, message)
@@ -95,6 +123,7 @@ def test_rloo_advantages_mistakes(wrong, message, fails_with):
     (lambda a, b: sum(x >= y for x, y in zip(a, b)) / len(a), "counted as wins"),
     (lambda a, b: sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)) / len(a), "floating point"),
     (lambda a, b: sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)), "not a count"),
+    (lambda a, b: (a.sort(), b.sort(), win_rate_from_scores(a, b))[2], "changed `a` in place"),
 ])
 def test_win_rate_mistakes(wrong, message, fails_with):
     fails_with(nb08.check_win_rate, wrong, message)

@@ -131,14 +131,15 @@ def _simpo(kind):
             lc, lr = torch.ones_like(lc), torch.ones_like(lr)
         rc, rr = beta * pc / lc, beta * pr / lr
         margin = gamma if kind != "gamma_plus" else -gamma
-        losses = -F.logsigmoid(rc - rr - margin)
+        losses = -torch.log(torch.sigmoid(rc - rr - margin)) if kind == "unstable" else -F.logsigmoid(rc - rr - margin)
         scale = 1.0 / beta if kind == "no_beta_rewards" else 1.0
         return (losses.sum() if kind == "sum" else losses.mean()), scale * rc.detach(), scale * rr.detach()
     return simpo_loss
 
 
 @pytest.mark.parametrize("kind, words", [("no_length", "lengths"), ("gamma_plus", "wrong sign"),
-                                         ("sum", "do not sum"), ("no_beta_rewards", "missing beta")])
+                                         ("sum", "do not sum"), ("no_beta_rewards", "missing beta"),
+                                         ("unstable", "overflows")])
 def test_simpo_mistakes_are_named(kind, words, fails_with):
     fails_with(checks.check_simpo_loss, _simpo(kind), words)
 
@@ -148,3 +149,10 @@ def test_simpo_reference_passes():
     _passes(checks.check_simpo_loss, lambda *a: dpo_family.simpo_loss(*a[:4], beta=a[4], gamma=a[5]))
     assert math.isfinite(dpo_family.simpo_loss(torch.tensor([-3.0]), torch.tensor([-4.0]), torch.tensor([3.0]),
                                                torch.tensor([2.0]))[0].item())
+
+
+def test_simpo_checks_several_betas_so_a_fixed_beta_does_not_pass(fails_with):
+    """A loss that ignores the caller's beta and gamma coincides with the right one at the first setting only."""
+    def fixed(pc, pr, lc, lr, beta, gamma):
+        return dpo_family.simpo_loss(pc, pr, lc, lr, beta=2.0, gamma=0.8)
+    fails_with(checks.check_simpo_loss, fixed, "")

@@ -130,7 +130,7 @@ def test_train_dpo_lowers_the_loss_and_changes_the_adapter(tiny, tokenizer, pair
     # on training pairs, the trained policy's implicit reward now prefers the chosen answers
     batch = next(iter(_trl_trainer(profile, tokenizer, pairs).get_train_dataloader()))
     with torch.no_grad():
-        loss, metrics = dpo.dpo_batch_loss(model, batch, beta=dpo.TRAIN_DEFAULTS["tiny"]["beta"])
+        loss, metrics = dpo.dpo_batch_loss(model, batch, beta=profile.recipe.dpo_beta)
     assert loss.item() < math.log(2) - 0.05
     assert metrics["rewards/margins"] > 0 and metrics["rewards/accuracies"] > 0.5
 

@@ -167,13 +167,13 @@ def test_evaluate_policy_on_the_tiny_base_model(base, perturbed, tokenizer):
 
 def test_kl_with_disabled_adapter(tiny, tokenizer):
     policy = load_policy(tiny, verbose=False)  # fresh LoRA: B = 0, so the adapter changes nothing yet
-    fresh = evaluate_policy(policy, tokenizer, FEW, n_per_prompt=2, max_new_tokens=24, reference="disable_adapter")
+    fresh = evaluate_policy(policy, tokenizer, FEW, n_per_prompt=2, max_new_tokens=24, reference="self")
     assert fresh.summary()["kl"] == 0.0 and fresh.summary()["kl_k3"] == 0.0
     with torch.no_grad():
         for name, p in policy.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
-    moved = evaluate_policy(policy, tokenizer, FEW, n_per_prompt=2, max_new_tokens=24, reference="disable_adapter")
+    moved = evaluate_policy(policy, tokenizer, FEW, n_per_prompt=2, max_new_tokens=24, reference="self")
     assert moved.summary()["kl"] > 0 and all(x.kl_k3 > 0 for x in moved.samples)
     assert policy.training, "evaluation restores the model's train/eval mode"
 

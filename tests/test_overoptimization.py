@@ -110,11 +110,16 @@ def test_ppo_against_the_worst_case_ensemble_runs(tiny, tokenizer):
 
 
 def test_the_shipped_ensemble_members_differ_and_rank_held_out_pairs(tiny, tokenizer):
-    from rlhf_course import checkpoints
-    from rlhf_course.reward_model import load_rm_data, load_trained_reward_model, reward_accuracy, score_texts
+    from rlhf_course import trained_models
+    from rlhf_course.reward_model import (
+        load_rm_data,
+        load_trained_reward_model,
+        reward_accuracy,
+        score_texts,
+    )
 
-    paths = checkpoints.reward_model_ensemble(tiny)
-    assert len(paths) == 4 and paths[0] == checkpoints.reward_model(tiny, "length_biased")
+    paths = trained_models.reward_model_ensemble(tiny)
+    assert len(paths) == 4 and paths[0] == trained_models.reward_model_dir(tiny, "length_biased")
     pairs = load_rm_data("test").select(range(200))
     answers = [toyworld_answer for toyworld_answer in pairs["chosen"][:20]]
     scores = []
@@ -127,7 +132,7 @@ def test_the_shipped_ensemble_members_differ_and_rank_held_out_pairs(tiny, token
 
 
 def test_bootstrap_draws_with_replacement():
-    from rlhf_course.checkpoints import bootstrap_preferences
+    from rlhf_course.trained_models import bootstrap_preferences
 
     rows = [{"i": i} for i in range(100)]
     sample = bootstrap_preferences(rows, seed=1)

@@ -29,8 +29,8 @@ def test_a_short_pipeline_writes_the_report_the_readme_promises(tiny, tmp_path):
 
 
 def test_targets_are_judged_from_the_report():
-    report = {"profile": "tiny", "seconds": {"total": 170.0}, "peak_rss_gb": 1.0, "rm_accuracy": 0.86,
+    report = {"profile": "tiny", "gold": "ground truth", "seconds": {"total": 170.0}, "peak_rss_gb": 1.0, "rm_accuracy": 0.86,
               "rm_bayes_accuracy": 0.87, "win_rate_vs_sft": {"ppo": 0.81, "dpo": 0.5}}
     assert list(check_targets(report).values()) == [True, True, True, True, False]
     assert list(check_targets({**report, "seconds": {"total": 181.0}}).values())[0] is False
-    assert check_targets({**report, "profile": "7b"}) == {}
+    assert check_targets({**report, "profile": "7b", "gold": "judge Skywork/Skywork-Reward-V2-Qwen3-0.6B"}) == {}

@@ -42,6 +42,8 @@ def test_training_curves_one_panel_per_key(tmp_path):
     loss = fig.axes[0].get_lines()
     assert len(loss) == 1 and list(loss[0].get_xdata()) == list(range(1, 21)), "entries without the key are skipped"
     assert fig.axes[0].get_xlabel() == "training step"
+    assert fig.axes[0].get_ylabel() == plots.METRICS["loss"], "the y axis says what the key means"
+    assert fig.axes[0].get_title(loc="right") == "0.685 → 0.505", "start and end: means of the first and last tenth"
     smooth = plots.plot_training_curves(HISTORY, ["loss"], smooth=0.8, path=tmp_path / "s.png")
     assert len(smooth.axes) == 1 and _labelled_lines(smooth.axes[0]) == ["raw", "smoothed (0.8)"]
     with pytest.raises(KeyError, match="logged keys"):
@@ -89,6 +91,29 @@ def test_reward_vs_kl_lines_and_points(tmp_path):
     assert list(ax.get_lines()[0].get_xdata()) == [0.0, 1.0, 3.0]
     assert "KL" in ax.get_xlabel() and "nats" in ax.get_xlabel()
     assert len(plots.plot_reward_vs_kl([(0.0, 0.1), (2.0, 0.4)]).axes[0].get_lines()) == 1  # a bare list: one run
+    assert any(t.get_text() == "DPO  0.45" for t in ax.texts), "a final policy is named beside its marker"
+
+
+def test_reward_vs_kl_trajectory_by_step_and_the_best_of_n_frontier(tmp_path):
+    import math
+
+    from matplotlib.collections import LineCollection
+
+    noisy = [(0.1 * s + (0.3 if s % 2 else -0.3), 0.01 * s + (0.05 if s % 3 else -0.05)) for s in range(1, 41)]
+    frontier = {1: 0.3, 2: 0.4, 3: 0.45, 4: 0.5, 8: 0.55}
+    fig = plots.plot_reward_vs_kl({"PPO": (4.1, 0.5)}, trajectories={"PPO, training": noisy}, best_of_n=frontier,
+                                  best=1.0, path=tmp_path / "f.png")
+    _check_png(fig, tmp_path / "f.png")
+    ax = fig.axes[0]
+    (path,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert list(path.get_array()) == list(range(2, 41)), "each segment coloured by the step it ends at"
+    (x0, _), (x1, _) = path.get_segments()[0]
+    assert abs(x1 - x0) < 0.6 - 0.1, "the path is smoothed (raw points jump by 0.6 in KL)"
+    assert fig.axes[1].get_ylabel() == "PPO, training: training step"  # the colour bar
+    bon = next(line for line in ax.get_lines() if line.get_label().startswith("best-of-n"))
+    assert list(bon.get_xdata()) == pytest.approx([math.log(n) - (n - 1) / n for n in (1, 2, 3, 4, 8)])
+    assert list(bon.get_ydata()) == [0.3, 0.4, 0.45, 0.5, 0.55]
+    assert {t.get_text() for t in ax.texts} >= {"n=1", "n=8", "PPO  0.50"} and "n=3" not in {t.get_text() for t in ax.texts}
 
 
 @pytest.mark.parametrize("kind", ["violin", "hist"])

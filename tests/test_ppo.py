@@ -1,8 +1,10 @@
 import math
+import shutil
 
 import pytest
 import torch
 
+from rlhf_course.errors import UsageError
 from rlhf_course.ppo import (AdaptiveKLController, PPOConfig, compute_gae, compute_rewards, masked_whiten,
                              ppo_policy_loss, ppo_value_loss)
 
@@ -86,7 +88,7 @@ def test_adaptive_kl_controller_moves_toward_the_target():
 
 def test_config_derives_the_minibatch_and_rejects_uneven_splits():
     assert PPOConfig(batch_size=32, num_minibatches=4).minibatch_size == 8
-    with pytest.raises(AssertionError, match="divide"):
+    with pytest.raises(UsageError, match="divide"):
         PPOConfig(batch_size=30, num_minibatches=4)
 
 
@@ -184,25 +186,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch_two_processes() -> subprocess.CompletedProcess:
+def _launch_two_processes(checkpoint_dir) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
          "--num_machines", "1", "--main_process_port", str(_free_port()), "--mixed_precision", "no",
-         "--dynamo_backend", "no", str(REPO_ROOT / "tests" / "scripts" / "ppo_two_processes.py")],
+         "--dynamo_backend", "no", str(REPO_ROOT / "tests" / "scripts" / "ppo_two_processes.py"), str(checkpoint_dir)],
         capture_output=True, text=True, timeout=300)
 
 
-def test_ppo_runs_data_parallel_on_two_cpu_processes():
-    """`accelerate launch` runs the unchanged trainer on 2 processes; DDP keeps their adapters equal."""
-    r = _launch_two_processes()
+def test_ppo_runs_data_parallel_on_two_cpu_processes(tmp_path):
+    """`accelerate launch` runs the unchanged trainer on 2 processes; DDP keeps their adapters equal; a
+    checkpoint holds each process's random streams, and a resume gives each its own back."""
+    r = _launch_two_processes(tmp_path / "ckpt")
     if r.returncode != 0 and "Signal 6 (SIGABRT)" in r.stderr:
         # Seen once (a clean-clone CI run, 2026-11-23; not reproduced in 3 reruns): a worker aborted in native code
         # (no Python error). Retry once; a real failure of our code fails both times.
         first = r.stderr
-        r = _launch_two_processes()
+        shutil.rmtree(tmp_path / "ckpt", ignore_errors=True)
+        r = _launch_two_processes(tmp_path / "ckpt")
         assert r.returncode == 0, "failed twice; first failure:\n" + first[:3000] + "\nsecond:\n" + r.stderr[:3000]
     assert r.returncode == 0, r.stderr[:3000] + "\n...\n" + r.stderr[-2000:]
     assert "processes=2 in_sync=True changed=True steps=2" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert "resumed=True" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert {p.name for p in (tmp_path / "ckpt" / "step-000002").glob("rng_state_*")} == {
+        "rng_state_0.safetensors", "rng_state_0.json", "rng_state_1.safetensors", "rng_state_1.json"}
 
 
 def test_a_run_killed_and_resumed_ends_exactly_like_an_uninterrupted_one(tiny, tmp_path):
@@ -217,4 +224,7 @@ def test_a_run_killed_and_resumed_ends_exactly_like_an_uninterrupted_one(tiny, t
         assert resumed.history[-1][key] == pytest.approx(full.history[-1][key], abs=1e-6), key
     a, b = lora_state(full.model), lora_state(resumed.model)
     assert all(torch.allclose(a[n], b[n], atol=1e-7) for n in a)
-    assert not (tmp_path / "ckpt.tmp").exists() and (tmp_path / "ckpt" / "adapter" / "adapter_model.safetensors").exists()
+    folders = sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.is_dir())
+    assert folders == ["step-000002", "step-000004"], folders  # the committed checkpoint and the one before it
+    assert (tmp_path / "ckpt" / "step-000004" / "adapter" / "adapter_model.safetensors").exists()
+    assert not [p for p in (tmp_path / "ckpt").rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".tmp")]

@@ -14,7 +14,7 @@ import transformers
 from rlhf_course.cli import main
 from rlhf_course.errors import OutOfMemory, RunError
 from rlhf_course.runs import NOT_COMPARED, checkpoint_step, run_stage
-from rlhf_course.sft import checkpoint_args, last_checkpoint
+from rlhf_course.training import checkpoint_args, last_checkpoint
 
 
 class Killed(Exception):

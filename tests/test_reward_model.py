@@ -11,7 +11,7 @@ from rlhf_course.reward_model import (bradley_terry_loss, combine_rewards, combi
                                       reward_fn, score_texts, tokenize_conversations, train_reward_model,
                                       train_reward_model_scratch, weighted_sum_rewards, whiten)
 from rlhf_course.sampling import Completion
-from rlhf_course.sft import trl_common_args
+from rlhf_course.training import trl_common_args
 
 
 # ---------------------------------------------------------------------------- the loss

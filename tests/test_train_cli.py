@@ -61,3 +61,22 @@ def test_dpo_killed_with_sigkill_and_resumed_ends_with_the_same_metrics(tmp_path
     a, b = metrics(straight), metrics(killed)
     assert b["resumed_from_step"] >= 2
     assert {k: v for k, v in a.items() if k not in NOT_COMPARED} == {k: v for k, v in b.items() if k not in NOT_COMPARED}
+
+
+def test_ppo_settings_from_the_command_line_reach_the_run_and_bad_ones_are_one_line(tmp_path, capsys):
+    sft, rm, ppo = tmp_path / "sft", tmp_path / "rm", tmp_path / "ppo"
+    assert main(["train", "sft", "--out", str(sft), "--max-steps", "2"]) == 0
+    assert main(["train", "rm", "--out", str(rm), "--sft", str(sft), "--max-steps", "2"]) == 0
+    capsys.readouterr()
+    assert main(["train", "ppo", "--out", str(tmp_path / "bad"), "--sft", str(sft), "--kl-coef", "-0.1"]) == 2
+    assert capsys.readouterr().err.strip().endswith("PPOConfig.kl_coef must be 0 or more, got -0.1")
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+    assert main(["train", "sft", "--out", str(tmp_path / "x"), "--kl-coef", "0.1"]) == 2
+    assert "for `train ppo` only" in capsys.readouterr().err
+    args = ["train", "ppo", "--out", str(ppo), "--sft", str(sft), "--rm", str(rm), "--max-steps", "1",
+            "--kl-coef", "0.07", "--num-ppo-epochs", "1", "--no-whiten-advantages"]
+    assert main(args) == 0
+    run = json.loads((ppo / "run.json").read_text())
+    assert run["ppo_config"] == {"kl_coef": 0.07, "num_ppo_epochs": 1, "whiten_advantages": False}
+    state = json.loads((ppo / "checkpoints" / "trainer_state.json").read_text())
+    assert state["config"]["kl_coef"] == 0.07 and state["config"]["whiten_advantages"] is False

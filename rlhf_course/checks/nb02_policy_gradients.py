@@ -1,15 +1,17 @@
 """Checks for notebook 2 (policy gradients): the REINFORCE loss, advantage whitening, GAE, and the
-log-probability of a sequence. Each builds small seeded inputs, compares with the package
-(`rlhf_course.ppo.masked_whiten`, `rlhf_course.ppo.compute_gae`, `rlhf_course.logprobs`) or with the
-formula, and names the likely mistake."""
+log-probability of a sequence. Each builds small seeded inputs, compares with the package function that
+is the exercise's reference (`policy_gradient.reinforce_loss`, `ppo.masked_whiten`, `ppo.compute_gae`,
+`logprobs.sequence_logprob`) for several parameter values, with views and expanded tensors, extreme
+logits and constant advantages, and names the likely mistake; an input changed in place is one."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from rlhf_course.checks.core import CheckFailed, check, close
-from rlhf_course.logprobs import token_logprobs
+from rlhf_course.checks.core import CheckFailed, call, check, close, draws, same_on_layouts
+from rlhf_course.logprobs import sequence_logprob as reference_sequence_logprob
+from rlhf_course.policy_gradient import reinforce_loss as reference_reinforce_loss
 from rlhf_course.ppo import compute_gae, masked_mean, masked_whiten
 
 
@@ -24,46 +26,43 @@ def _padded_mask(lengths: list[int], T: int) -> torch.Tensor:
 
 # --- REINFORCE ------------------------------------------------------------------------------------
 
-def _reinforce_reference(logprobs, returns, baseline):
-    """-(1/B) sum_i (G_i - b_i) log pi(a_i): minimising it is gradient ascent on J (Williams 1992)."""
-    return -((returns - baseline).detach() * logprobs).mean()
-
-
-@check
+@check(reference=reference_reinforce_loss)
 def check_reinforce_loss(reinforce_loss):
     """reinforce_loss(logprobs (B,), returns (B,), baseline: float or (B,)) -> scalar loss."""
     gen = torch.Generator().manual_seed(0)
     B = 8
     logits = torch.randn(B, 5, generator=gen)
     actions = torch.randint(0, 5, (B,), generator=gen)
-    returns = 3.0 + torch.randn(B, generator=gen)
-    for baseline in (2.5, 3.0 + 0.5 * torch.randn(B, generator=gen)):
-        leaf = logits.clone().requires_grad_(True)
-        logprobs = F.log_softmax(leaf, dim=-1)[torch.arange(B), actions]           # (B,)
-        loss = reinforce_loss(logprobs, returns, baseline)
-        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-            raise CheckFailed("return one number: a 0-dimensional tensor (take the mean over the batch)")
-        if not loss.requires_grad:
-            raise CheckFailed("the loss has no gradient: build it from `logprobs` (do not detach them, "
-                              "and do not convert them to floats)")
-        want = _reinforce_reference(logprobs, returns, baseline)
-        got = loss.detach()
-        if _matches(got, -want):
-            raise CheckFailed("the sign is wrong: the optimiser minimises, so the loss is -(G - b) * log pi "
-                              "(descending it climbs the expected return)")
-        if _matches(got, _reinforce_reference(logprobs, returns, 0.0)):
-            raise CheckFailed("the baseline was not subtracted: weight each log pi by (G - b), not by G")
-        if _matches(got, want * B):
-            raise CheckFailed("you summed over the batch: take the mean, so the step size does not grow with B")
-        if not _matches(got, want):
-            raise CheckFailed(f"loss = {got.item():.4f}, expected -mean((G - b) * log pi) = {want.item():.4f}")
-        grad, = torch.autograd.grad(loss, leaf, retain_graph=True)
-        want_grad, = torch.autograd.grad(want, leaf)
-        close(grad, want_grad, atol=1e-5, what="the gradient of your loss")
+    for offset in draws(1.0, 5.0, 2, seed=6):
+        returns = offset + torch.randn(B, generator=gen)
+        for baseline in (offset - 0.5, offset + 0.5 * torch.randn(B, generator=gen)):
+            leaf = logits.clone().requires_grad_(True)
+            logprobs = F.log_softmax(leaf, dim=-1)[torch.arange(B), actions]           # (B,)
+            loss = call(reinforce_loss, logprobs, returns, baseline)
+            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                raise CheckFailed("return one number: a 0-dimensional tensor (take the mean over the batch)")
+            want = reference_reinforce_loss(logprobs, returns, baseline)
+            got = loss.detach()
+            if _matches(got, -want):
+                raise CheckFailed("the sign is wrong: the optimiser minimises, so the loss is -(G - b) * log pi "
+                                  "(descending it climbs the expected return)")
+            if _matches(got, reference_reinforce_loss(logprobs, returns, 0.0)):
+                raise CheckFailed("the baseline was not subtracted: weight each log pi by (G - b), not by G")
+            if _matches(got, want * B):
+                raise CheckFailed("you summed over the batch: take the mean, so the step size does not grow with B")
+            if not _matches(got, want):
+                raise CheckFailed(f"loss = {got.item():.4f}, expected -mean((G - b) * log pi) = {want.item():.4f}")
+            grad = torch.autograd.grad(loss, leaf, retain_graph=True, allow_unused=True)[0] if loss.requires_grad \
+                else None
+            if grad is None:
+                raise CheckFailed("the loss has no gradient reaching the policy: build it from `logprobs` with torch "
+                                  "operations (a .detach(), .item() or torch.tensor(...) on them cuts the graph)")
+            want_grad, = torch.autograd.grad(want, leaf)
+            close(grad, want_grad, atol=1e-5, what="the gradient of your loss")
     # A learned baseline (a value estimate) must not be trained by the policy loss.
     value = torch.full((B,), 2.0, requires_grad=True)
     logprobs = F.log_softmax(logits.clone().requires_grad_(True), dim=-1)[torch.arange(B), actions]
-    reinforce_loss(logprobs, returns, value).backward()
+    call(reinforce_loss, logprobs, returns, value).backward()
     if value.grad is not None and value.grad.abs().max() > 0:
         raise CheckFailed("the baseline receives gradients: detach (G - b), the weight is a constant for the "
                           "policy's update (a value function is trained by its own loss)")
@@ -80,26 +79,35 @@ def _whiten_inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return x, mask
 
 
-@check
+@check(reference=masked_whiten)
 def check_masked_whiten(masked_whiten_fn):
     """masked_whiten(x (B, T), mask (B, T)) -> (B, T): mean 0, std 1 over the real entries, 0 on padding."""
-    x, mask = _whiten_inputs()
-    got = masked_whiten_fn(x.clone(), mask.clone())
+    for seed in range(3):
+        x, mask = _whiten_inputs(seed)
+        _whiten_case(masked_whiten_fn, x, mask)
+    # every real entry equal (e.g. all answers got the same reward): the std is 0, the result must be 0, not NaN
+    constant = torch.where(mask.bool(), torch.full_like(x, 1.5), torch.full_like(x, 40.0))
+    got = call(masked_whiten_fn, constant, mask)
+    if not torch.isfinite(got).all() or got.abs().max() > 1e-3:
+        raise CheckFailed("when every real entry is the same (std 0) the whitened values must be 0, not NaN or inf: "
+                          "add a small epsilon to the variance before the square root (1e-8)")
+    same_on_layouts(masked_whiten_fn, [("x", x), ("mask", mask)], expand=("x",), atol=1e-4)
+    return "mean 0 and std 1 over the real tokens of the whole batch; padding ignored and zeroed; std 0 gives 0"
+
+
+def _whiten_case(masked_whiten_fn, x, mask) -> None:
+    got = call(masked_whiten_fn, x, mask)
     if not isinstance(got, torch.Tensor) or got.shape != x.shape:
         raise CheckFailed(f"return a tensor of the input's shape {tuple(x.shape)}")
     want = masked_whiten(x, mask)
     real = mask.bool()
-    if _matches(got[real], want[real], atol=1e-4):
+    n = mask.sum()
+    unbiased = (x - masked_mean(x, mask)) / torch.sqrt(masked_mean((x - masked_mean(x, mask)) ** 2, mask) * n / (n - 1))
+    if _matches(got[real], want[real], atol=1e-4) or _matches(got[real], unbiased[real], atol=1e-4):
         if got[~real].abs().max() > 1e-6:
             raise CheckFailed("padding positions should be 0 after whitening (multiply by the mask), so a "
                               "padded token carries no advantage")
-        return "mean 0 and std 1 over the real tokens of the whole batch; padding ignored and zeroed"
-    n = mask.sum()
-    unbiased = (x - masked_mean(x, mask)) / torch.sqrt(masked_mean((x - masked_mean(x, mask)) ** 2, mask) * n / (n - 1))
-    if _matches(got[real], unbiased[real], atol=1e-4):
-        if got[~real].abs().max() > 1e-6:
-            raise CheckFailed("padding positions should be 0 after whitening (multiply by the mask)")
-        return "mean 0 and std 1 (unbiased std) over the real tokens; padding ignored and zeroed"
+        return
     everything = (x - x.mean()) / x.std()
     if _matches(got[real], everything[real], atol=1e-3) or _matches(got[real], ((x - x.mean()) / x.std(unbiased=False))[real], 1e-3):
         raise CheckFailed("padding was not masked: the mean and the std must be taken over the real tokens only")
@@ -148,15 +156,30 @@ def _forward_gae(rewards, values, mask, gamma, lam):
     return adv * mask
 
 
-@check
+@check(reference=compute_gae)
 def check_compute_gae(compute_gae_fn):
     """compute_gae(rewards, values, mask, gamma, lam) -> (advantages, returns), each (B, T)."""
     gen = torch.Generator().manual_seed(0)
     mask = _padded_mask([6, 4, 2, 5], 6)
     rewards = torch.randn(4, 6, generator=gen) * mask
     values = torch.randn(4, 6, generator=gen) + 0.5   # nonzero on padding too: a value head predicts there anyway
-    gamma, lam = 0.9, 0.7
-    out = compute_gae_fn(rewards.clone(), values.clone(), mask.clone(), gamma, lam)
+    gammas = draws(0.6, 0.99, 3, seed=7)
+    lams = draws(0.3, 0.9, 3, seed=8, avoid=gammas + [1 - g for g in gammas])
+    for gamma, lam in zip(gammas, lams):
+        _gae_case(compute_gae_fn, rewards, values, mask, gamma, lam)
+    # the two ends of the trade-off, as the notebook's derivation says
+    for lam_, name in ((0.0, "lambda = 0"), (1.0, "lambda = 1")):
+        got0, _ = call(compute_gae_fn, rewards, values, mask, 1.0, lam_)
+        close(got0 * mask, compute_gae(rewards, values, mask, 1.0, lam_)[0], atol=1e-5, what=f"advantages at {name}")
+    same_on_layouts(compute_gae_fn, [("rewards", rewards), ("values", values), ("mask", mask),
+                                                   ("gamma", gammas[0]), ("lam", lams[0])], expand=("values",),
+                    compare=lambda got, want: _matches(got[0], want[0]) and _matches(got[1], want[1]))
+    pairs = ", ".join(f"({g}, {l})" for g, l in zip(gammas, lams))
+    return f"matches rlhf_course.ppo.compute_gae for (gamma, lambda) = {pairs}, 0 and 1; padding masked"
+
+
+def _gae_case(compute_gae_fn, rewards, values, mask, gamma, lam) -> None:
+    out = call(compute_gae_fn, rewards, values, mask, gamma, lam)
     if not isinstance(out, tuple) or len(out) != 2:
         raise CheckFailed("return a pair (advantages, returns)")
     adv, ret = out
@@ -165,6 +188,12 @@ def check_compute_gae(compute_gae_fn):
         raise CheckFailed(f"advantages should have shape {tuple(want_adv.shape)} (B, T)")
     real = mask.bool()
     if not _matches(adv[real], want_adv[real], atol=1e-5):
+        if values[~real].abs().max() > 0:  # the same batch with 0 on padding: right there means padding leaked in
+            clean = call(compute_gae_fn, rewards, values * mask, mask, gamma, lam)
+            if isinstance(clean, tuple) and _matches(clean[0][real], want_adv[real], atol=1e-5):
+                raise CheckFailed("bootstrapped from a padded position: right when the value head predicts 0 on "
+                                  "padding, wrong otherwise - the value after an answer's last token must be 0: "
+                                  "mask the values (values * mask) before using V(s_{t+1})")
         candidates = [
             (_gae_variant(rewards, values, mask, gamma, lam, mask_values=False)[0],
              "bootstrapped from a padded position: the value after an answer's last token must be 0 - "
@@ -182,7 +211,8 @@ def check_compute_gae(compute_gae_fn):
             if _matches(adv[real], wrong[real], atol=1e-5):
                 raise CheckFailed(message)
         worst = (adv - want_adv)[real].abs().max().item()
-        raise CheckFailed(f"advantages differ from rlhf_course.ppo.compute_gae by up to {worst:.3g} on real tokens")
+        raise CheckFailed(f"advantages differ from rlhf_course.ppo.compute_gae by up to {worst:.3g} on real tokens "
+                          f"(gamma = {gamma}, lambda = {lam})")
     if adv[~real].abs().max() > 1e-6:
         raise CheckFailed("advantages must be 0 on padding (multiply by the mask): padded tokens are not actions")
     if not isinstance(ret, torch.Tensor) or ret.shape != want_ret.shape:
@@ -193,18 +223,9 @@ def check_compute_gae(compute_gae_fn):
     if _matches(ret[real], (adv + values)[real], atol=1e-5) and not _matches(ret[~real], want_ret[~real]):
         raise CheckFailed("returns on padding should be 0: add the masked values (values * mask)")
     close(ret, want_ret, atol=1e-5, what="returns")
-    # the two ends of the trade-off, as the notebook's derivation says
-    for lam_, name in ((0.0, "lambda = 0"), (1.0, "lambda = 1")):
-        got0, _ = compute_gae_fn(rewards.clone(), values.clone(), mask.clone(), 1.0, lam_)
-        close(got0 * mask, compute_gae(rewards, values, mask, 1.0, lam_)[0], atol=1e-5, what=f"advantages at {name}")
-    return "matches rlhf_course.ppo.compute_gae (gamma = 0.9, lambda = 0.7, 0 and 1), padding masked"
 
 
 # --- log-probability of a sequence ----------------------------------------------------------------
-
-def _reference_sequence_logprob(logits, input_ids, completion_mask):
-    return (token_logprobs(logits[:, :-1], input_ids[:, 1:]) * completion_mask[:, 1:]).sum(dim=1)
-
 
 def _seq_inputs(seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
@@ -217,12 +238,12 @@ def _seq_inputs(seed: int = 0):
     return logits, input_ids, completion_mask
 
 
-@check
+@check(reference=reference_sequence_logprob)
 def check_sequence_logprob(sequence_logprob):
     """sequence_logprob(logits (B, T, V), input_ids (B, T), completion_mask (B, T)) -> (B,)."""
     logits, input_ids, completion_mask = _seq_inputs()
-    got = sequence_logprob(logits.clone(), input_ids.clone(), completion_mask.clone())
-    want = _reference_sequence_logprob(logits, input_ids, completion_mask)
+    got = call(sequence_logprob, logits, input_ids, completion_mask)
+    want = reference_sequence_logprob(logits, input_ids, completion_mask)
     if not isinstance(got, torch.Tensor) or got.shape != want.shape:
         shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
         raise CheckFailed(f"return one log-probability per sequence, shape {tuple(want.shape)} (B,), got {shape}")
@@ -250,9 +271,20 @@ def check_sequence_logprob(sequence_logprob):
         raise CheckFailed(f"log-probs differ from the reference by up to {(got - want).abs().max().item():.3g}")
     # gradients must flow: REINFORCE differentiates this
     leaf = logits.clone().requires_grad_(True)
-    out = sequence_logprob(leaf, input_ids, completion_mask)
+    out = call(sequence_logprob, leaf, input_ids, completion_mask)
     if not out.requires_grad:
         raise CheckFailed("no gradient flows to the logits (did you detach or use .item()?)")
+    # a confident model: logits of a few hundred, where softmax underflows to 0 for every other token
+    sharp = 300.0 * logits
+    got = call(sequence_logprob, sharp, input_ids, completion_mask)
+    if not torch.isfinite(got).all():
+        raise CheckFailed("with large logits (a confident model) your log-probs are -inf or NaN: log(softmax(x)) "
+                          "underflows to log(0) - use log_softmax, which is computed stably")
+    close(got, reference_sequence_logprob(sharp, input_ids, completion_mask), atol=1e-2,
+          what="the log-probs with large logits")
+    same_on_layouts(sequence_logprob,
+                    [("logits", logits), ("input_ids", input_ids), ("completion_mask", completion_mask)],
+                    expand=("logits",), atol=1e-4)
     # and on a real model: the same as rlhf_course.logprobs.sequence_logprobs
     from rlhf_course.logprobs import sequence_logprobs
     from rlhf_course.paths import data_path
@@ -266,7 +298,7 @@ def check_sequence_logprob(sequence_logprob):
     cmask = torch.zeros_like(ids)
     cmask[:, 6:] = 1
     with torch.no_grad():
-        mine = sequence_logprob(model(input_ids=ids, attention_mask=attn).logits, ids, cmask)
+        mine = call(sequence_logprob, model(input_ids=ids, attention_mask=attn).logits, ids, cmask)
         ref = sequence_logprobs(model, ids, attn, cmask)
     close(mine, ref, atol=1e-4, what="on the tiny model, your log pi(answer | prompt)")
     return "sum over the answer's tokens of log_softmax(logits)[t] at token t+1; matches rlhf_course.logprobs"

@@ -1,7 +1,10 @@
 """Checks for notebook 5 (reward modelling): the Bradley-Terry loss, preference accuracy, the Bayes
 limit of noisy labels, Llama 2's margin loss, and Llama 2's rule for combining two reward models.
-Each compares with `rlhf_course.reward_model` or `rlhf_course.toyworld` on small inputs it builds
-itself, and names the mistake most students make."""
+Each compares with the package function that is the exercise's reference, same signature and return
+(`reward_model.bradley_terry_loss` -> (loss, accuracy), `reward_model.preference_accuracy`,
+`toyworld.bayes_accuracy`, `reward_model.combine_rewards`), on small inputs it builds itself with
+several scales and thresholds, ties and pairs ranked wrong by a huge gap, and names the mistake most
+students make; an input changed in place is one."""
 
 from __future__ import annotations
 
@@ -12,14 +15,22 @@ import torch
 import torch.nn.functional as F
 
 from rlhf_course import toyworld
-from rlhf_course.checks.core import CheckFailed, check
+from rlhf_course.checks.core import CheckFailed, call, check, draws, same_on_layouts
 from rlhf_course.reward_model import bradley_terry_loss as reference_bt_loss
 from rlhf_course.reward_model import combine_rewards as reference_combine
+from rlhf_course.reward_model import preference_accuracy as reference_accuracy
 
 
 def _pairs(seed: int, n: int = 16, scale: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return scale * torch.randn(n, generator=g), scale * torch.randn(n, generator=g)
+
+
+def _loss_and_accuracy(out, what: str) -> torch.Tensor:
+    """The package's return, (loss, accuracy): the loss, after checking the pair's shape."""
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise CheckFailed("return two things, as rm.bradley_terry_loss does: (loss, accuracy)")
+    return _scalar(out[0], what)
 
 
 def _scalar(got, what: str) -> torch.Tensor:
@@ -38,13 +49,13 @@ def _near(a, b, atol: float = 1e-5) -> bool:
     return a.shape == b.shape and bool(torch.isfinite(a).all()) and torch.allclose(a, b, atol=atol, rtol=1e-4)
 
 
-@check
+@check(reference=reference_bt_loss)
 def check_bradley_terry_loss(bradley_terry_loss):
-    """bradley_terry_loss(chosen_rewards (B,), rejected_rewards (B,)) -> loss ()."""
-    for seed in range(3):
-        chosen, rejected = _pairs(seed)
+    """bradley_terry_loss(chosen_rewards (B,), rejected_rewards (B,)) -> (loss (), accuracy ())."""
+    for seed, scale in enumerate(draws(0.5, 4.0, 3, seed=12)):
+        chosen, rejected = _pairs(seed, scale=scale)
         chosen.requires_grad_(True)
-        got = _scalar(bradley_terry_loss(chosen, rejected), "it")
+        got = _loss_and_accuracy(call(bradley_terry_loss, chosen, rejected), "it")
         want = reference_bt_loss(chosen.detach(), rejected)[0]
         if _near(got.detach(), want):
             if not got.requires_grad:
@@ -70,26 +81,29 @@ def check_bradley_terry_loss(bradley_terry_loss):
         raise CheckFailed(f"on {len(c)} random pairs your loss is {got.item():.4f}, expected "
                           f"-mean log sigmoid(chosen - rejected) = {want.item():.4f}")
     # a very confident mistake: log(sigmoid(-400)) = log(0) = -inf in float32
-    got = bradley_terry_loss(torch.tensor([-200.0]), torch.tensor([200.0]))
+    got = _loss_and_accuracy(call(bradley_terry_loss, torch.tensor([-200.0]), torch.tensor([200.0])), "it")
     if not math.isfinite(float(got)):
         raise CheckFailed("a pair ranked wrongly by a large gap (chosen -200, rejected 200) gives an infinite loss: "
                           "log(sigmoid(x)) underflows to log(0) - use F.logsigmoid(x), which is stable")
     if abs(float(got) - 400.0) > 1e-3:
         raise CheckFailed(f"for chosen -200, rejected 200 the loss should be about 400, got {float(got):.4g}")
-    return "-mean log sigmoid(r_c - r_r), stable for large gaps, with its gradient"
+    chosen, rejected = _pairs(5)
+    same_on_layouts(bradley_terry_loss, [("chosen_rewards", chosen), ("rejected_rewards", rejected)],
+                    expand=("chosen_rewards",))
+    return "-mean log sigmoid(r_c - r_r) at three reward scales, stable for large gaps, with its gradient"
 
 
-@check
+@check(reference=reference_accuracy)
 def check_preference_accuracy(preference_accuracy):
-    """preference_accuracy(chosen_rewards (B,), rejected_rewards (B,)) -> fraction of pairs ranked right."""
+    """preference_accuracy(chosen_rewards (B,), rejected_rewards (B,)) -> fraction of pairs ranked right ()."""
     g = torch.Generator().manual_seed(0)
     for _ in range(3):
         # whole numbers, so that many pairs tie exactly
         chosen = torch.randint(-2, 3, (40,), generator=g).float()
         rejected = torch.randint(-2, 3, (40,), generator=g).float()
-        got = preference_accuracy(chosen, rejected)
+        got = call(preference_accuracy, chosen, rejected)
         got = float(got.item() if isinstance(got, torch.Tensor) else got)
-        want = reference_bt_loss(chosen, rejected)[1].item()
+        want = reference_accuracy(chosen, rejected).item()
         if abs(got - want) < 1e-6:
             continue
         wins, ties = (chosen > rejected).float(), (chosen == rejected).float()
@@ -104,17 +118,19 @@ def check_preference_accuracy(preference_accuracy):
         if abs(got - (wins + 0.5 * ties).sum().item()) < 1e-6:
             raise CheckFailed("you returned a count: divide by the number of pairs to get a fraction")
         raise CheckFailed(f"on {len(chosen)} pairs (some tied) you give {got:.4f}, expected {want:.4f}")
+    same_on_layouts(preference_accuracy, [("chosen_rewards", chosen), ("rejected_rewards", rejected)],
+                    expand=("chosen_rewards",))
     return "fraction of pairs with chosen > rejected, a tie counting 1/2"
 
 
-@check
+@check(reference=toyworld.bayes_accuracy)
 def check_bayes_accuracy(bayes_accuracy):
     """bayes_accuracy(p_chosen: list[float]) -> the best accuracy any model can reach on these labels."""
     rng = random.Random(0)
     for _ in range(3):
         # p_chosen is the probability of the label that was drawn: below 0.5 when the labeller chose the worse answer
         ps = [rng.random() for _ in range(50)] + [0.5, 1.0, 0.0]
-        got = float(bayes_accuracy(list(ps)))
+        got = float(call(bayes_accuracy, list(ps)))
         want = toyworld.bayes_accuracy(ps)
         if abs(got - want) < 1e-6:
             continue
@@ -132,20 +148,22 @@ def check_bayes_accuracy(bayes_accuracy):
                               "the probability max(p, 1 - p) of being right, not a 0/1 outcome")
         raise CheckFailed(f"on 53 probabilities you give {got:.4f}, expected mean of max(p, 1 - p) = {want:.4f}")
     rows = toyworld.make_preference_pairs(200, seed=0)
-    got, want = float(bayes_accuracy([r["p_chosen"] for r in rows])), toyworld.bayes_accuracy(r["p_chosen"] for r in rows)
+    got = float(call(bayes_accuracy, [r["p_chosen"] for r in rows]))
+    want = toyworld.bayes_accuracy(r["p_chosen"] for r in rows)
     if abs(got - want) > 1e-6:
         raise CheckFailed(f"on 200 toy-world pairs you give {got:.4f}, toyworld.bayes_accuracy gives {want:.4f}")
     return f"mean of max(p, 1 - p); 200 toy-world pairs: Bayes limit {want:.2f}"
 
 
-@check
+@check(reference=reference_bt_loss)
 def check_margin_loss(margin_loss):
-    """margin_loss(chosen_rewards (B,), rejected_rewards (B,), margin (B,)) -> loss ()."""
-    for seed in range(3):
+    """margin_loss(chosen_rewards (B,), rejected_rewards (B,), margin (B,)) -> (loss (), accuracy ())."""
+    for seed, top in enumerate(draws(1.5, 4.0, 3, seed=13)):
         chosen, rejected = _pairs(seed, scale=1.5)
-        margin = torch.tensor([0.0, 1.0, 2.0, 3.0] * 4)[torch.randperm(16, generator=torch.Generator().manual_seed(seed))]
+        margin = torch.tensor([0.0, top / 3, 2 * top / 3, top] * 4)[
+            torch.randperm(16, generator=torch.Generator().manual_seed(seed))]
         chosen.requires_grad_(True)
-        got = _scalar(margin_loss(chosen, rejected, margin), "the margin")
+        got = _loss_and_accuracy(call(margin_loss, chosen, rejected, margin), "the margin")
         c = chosen.detach()
         want = reference_bt_loss(c, rejected, margin)[0]
         if _near(got.detach(), want):
@@ -172,10 +190,16 @@ def check_margin_loss(margin_loss):
                           f"= {want.item():.4f}")
     # a margin of zero is the plain Bradley-Terry loss
     chosen, rejected = _pairs(7)
-    got = margin_loss(chosen, rejected, torch.zeros(16))
-    if not _near(torch.as_tensor(got).detach(), reference_bt_loss(chosen, rejected)[0]):
+    got = _loss_and_accuracy(call(margin_loss, chosen, rejected, torch.zeros(16)), "the margin")
+    if not _near(got.detach(), reference_bt_loss(chosen, rejected)[0]):
         raise CheckFailed("with every margin 0 the loss should be exactly the Bradley-Terry loss")
-    return "-mean log sigmoid(r_c - r_r - m), a margin per pair (Llama 2, Eq. 2)"
+    # ranked wrong by a huge gap, plus a margin: log(sigmoid(-403)) underflows to log(0)
+    got = _loss_and_accuracy(call(margin_loss, torch.tensor([-200.0]), torch.tensor([200.0]), torch.tensor([3.0])),
+                             "the margin")
+    if not math.isfinite(float(got)) or abs(float(got) - 403.0) > 1e-3:
+        raise CheckFailed(f"for chosen -200, rejected 200 and a margin of 3 the loss should be about 403, got "
+                          f"{float(got):.4g}: log(sigmoid(x)) underflows to log(0) - use F.logsigmoid(x)")
+    return "-mean log sigmoid(r_c - r_r - m), a margin per pair (Llama 2, Eq. 2), stable for large gaps"
 
 
 def _combine_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -185,16 +209,19 @@ def _combine_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     helpful = 2 * torch.randn(n, generator=g)
     harmless = 3 * torch.randn(n, generator=g)   # sigmoid(R_s) < 0.15 for about a third of them
     unsafe = torch.rand(n, generator=g) < 0.3
+    # every branch of the rule, whatever the draw: flagged and unsafe-looking, only unsafe-looking, only flagged
+    harmless[:3] = torch.tensor([-4.0, -4.0, 3.0])
+    unsafe[:3] = torch.tensor([True, False, True])
     return helpful, harmless, unsafe
 
 
-@check
+@check(reference=reference_combine)
 def check_combine_rewards(combine_rewards):
-    """combine_rewards(helpful (N,), harmless (N,), unsafe (N,) bool, safety_threshold) -> (N,), not whitened."""
-    for seed in range(3):
+    """combine_rewards(helpful (N,), harmless (N,), *, unsafe (N,) bool, safety_threshold, whiten_rewards) -> (N,)."""
+    thresholds = [0.15] + draws(0.05, 0.45, 2, seed=14, avoid=(0.15, 0.5))
+    for seed, threshold in enumerate(thresholds):
         helpful, harmless, unsafe = _combine_inputs(seed)
-        threshold = (0.15, 0.15, 0.4)[seed]
-        got = combine_rewards(helpful.clone(), harmless.clone(), unsafe.clone(), safety_threshold=threshold)
+        got = call(combine_rewards, helpful, harmless, unsafe=unsafe, safety_threshold=threshold, whiten_rewards=False)
         if not isinstance(got, torch.Tensor) or got.shape != helpful.shape:
             shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
             raise CheckFailed(f"return one combined reward per answer: a tensor of shape {tuple(helpful.shape)}, "
@@ -228,10 +255,18 @@ def check_combine_rewards(combine_rewards):
         if _near(got, torch.where(unsafe | (sig < threshold), helpful, harmless)):
             raise CheckFailed("the two rewards are swapped: use R_s (harmless) where safety decides, R_h elsewhere")
         if _near(got, reference_combine(helpful, harmless, unsafe=unsafe, safety_threshold=threshold)):
-            raise CheckFailed("return the combined reward before whitening (the package's combine_rewards whitens "
-                              "it afterwards)")
+            raise CheckFailed("with whiten_rewards=False return R_c as it is: whiten only when whiten_rewards is True")
         if _near(got, (helpful + harmless) / 2) or _near(got, helpful + harmless):
             raise CheckFailed("that is a (weighted) sum: Llama 2's rule picks ONE of the two rewards per answer")
         raise CheckFailed(f"your combined rewards differ from Llama 2's rule (threshold {threshold}) on "
                           f"{int((~torch.isclose(got, want.double())).sum())} of {len(helpful)} answers")
-    return "R_s where the prompt is unsafe or sigmoid(R_s) < threshold, else R_h (Llama 2, Sec. 3.2.3)"
+    helpful, harmless, unsafe = _combine_inputs(3)
+    got = call(combine_rewards, helpful, harmless, unsafe=None)
+    if not _near(got, reference_combine(helpful, harmless)):
+        if _near(got, reference_combine(helpful, harmless, whiten_rewards=False)):
+            raise CheckFailed("with whiten_rewards=True (the default) the combined reward is whitened over the batch: "
+                              "return whiten(R_c)")
+        raise CheckFailed("without unsafe flags (unsafe=None) only the safety model's threshold decides, and the "
+                          "result is whitened (the defaults)")
+    return (f"R_s where the prompt is unsafe or sigmoid(R_s) < threshold, else R_h (Llama 2, Sec. 3.2.3), thresholds "
+            f"{', '.join(map(str, thresholds))}; without flags, and whitened")

@@ -1,6 +1,9 @@
 """Checks for notebook 8 (beyond PPO and DPO): the KL of best-of-N, GRPO's group-relative advantages,
 RLOO's leave-one-out baseline, the win rate, and the refusal rate. Each compares with the package
-(`best_of_n`, `grpo`, `evaluation`) on small inputs it builds itself, and names the likely mistake."""
+function that is the exercise's reference (`best_of_n.best_of_n_kl`, `grpo.group_relative_advantages`,
+`grpo.rloo_advantages`, `evaluation.win_rate_from_scores`, `evaluation.refusal_rate`) on small inputs
+it builds itself - groups of equal rewards, ties within 1e-6, expanded reward tensors - and names the
+likely mistake; an input changed in place (rewards normalised through a `.view`) is one."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import torch
 
 from rlhf_course import toyworld
 from rlhf_course.best_of_n import best_of_n_kl as reference_best_of_n_kl
-from rlhf_course.checks.core import CheckFailed, check
+from rlhf_course.checks.core import CheckFailed, call, check, same_on_layouts
 from rlhf_course.evaluation import is_refusal
 from rlhf_course.evaluation import refusal_rate as reference_refusal_rate
 from rlhf_course.evaluation import win_rate_from_scores as reference_win_rate
@@ -45,11 +48,11 @@ def exact_best_of_n_kl(n: int, m: int = 10_000) -> float:
     return float((p * torch.log(p * m)).sum())
 
 
-@check
+@check(reference=reference_best_of_n_kl)
 def check_best_of_n_kl(best_of_n_kl):
     """best_of_n_kl(n) -> KL(best-of-n policy || model) in nats."""
     for n in (1, 2, 3, 4, 8, 16, 100):
-        got = _number(best_of_n_kl(n), f"best_of_n_kl({n})")
+        got = _number(call(best_of_n_kl, n), f"best_of_n_kl({n})")
         want = reference_best_of_n_kl(n)
         if abs(got - want) < 1e-6:
             continue
@@ -83,7 +86,7 @@ def _rewards(seed: int, n_groups: int, group_size: int, equal_group: bool = True
 
 
 def _advantages(fn, rewards: torch.Tensor, group_size: int, name: str) -> torch.Tensor:
-    got = fn(rewards.clone(), group_size)
+    got = call(fn, rewards, group_size)
     if not isinstance(got, torch.Tensor):
         raise CheckFailed(f"{name} should return a torch tensor, got {type(got).__name__}")
     if got.shape != rewards.shape:
@@ -92,7 +95,7 @@ def _advantages(fn, rewards: torch.Tensor, group_size: int, name: str) -> torch.
     return got.double()
 
 
-@check
+@check(reference=reference_grpo)
 def check_group_relative_advantages(group_relative_advantages):
     """group_relative_advantages(rewards (B,), group_size) -> (B,)."""
     for seed, (n_groups, size) in enumerate(((4, 4), (3, 8), (5, 2))):
@@ -125,10 +128,12 @@ def check_group_relative_advantages(group_relative_advantages):
                               "so use rewards.view(-1, group_size) and reduce over dim=1")
         raise CheckFailed(f"on {n_groups} groups of {size} your advantages differ from (r - mean) / (std + 1e-4) per "
                           f"group by up to {(got - want).abs().max().item():.3g}")
+    same_on_layouts(group_relative_advantages, [("rewards", _rewards(9, 3, 4)), ("group_size", 4)],
+                    expand=("rewards",), atol=1e-3)
     return "(r - mean) / (std + eps) within each group; a group of equal rewards gives 0"
 
 
-@check
+@check(reference=reference_rloo)
 def check_rloo_advantages(rloo_advantages):
     """rloo_advantages(rewards (B,), group_size) -> (B,)."""
     for seed, (n_groups, size) in enumerate(((4, 4), (3, 3), (2, 8))):
@@ -153,12 +158,14 @@ def check_rloo_advantages(rloo_advantages):
             raise CheckFailed("that is GRPO's advantage (divided by the std): RLOO only subtracts the leave-one-out mean")
         raise CheckFailed(f"on {n_groups} groups of {size} your advantages differ from r_i - mean(others) by up to "
                           f"{(got - want).abs().max().item():.3g}")
+    same_on_layouts(rloo_advantages, [("rewards", _rewards(11, 3, 4, equal_group=False)), ("group_size", 4)],
+                    expand=("rewards",))
     return "r_i - mean of the other k-1 rewards of its group (= k/(k-1) times r_i - group mean)"
 
 
 # --------------------------------------------------------------------------------------------- evaluation
 
-@check
+@check(reference=reference_win_rate)
 def check_win_rate(win_rate):
     """win_rate(scores_a: list[float], scores_b: list[float]) -> float in [0, 1]."""
     cases = [
@@ -167,7 +174,7 @@ def check_win_rate(win_rate):
         ([0.1 + 0.2, 0.6], [0.3, 0.2]),                             # 0.1 + 0.2 != 0.3 in floating point: a tie
     ]
     for a, b in cases:
-        got = _number(win_rate(list(a), list(b)), "the win rate")
+        got = _number(call(win_rate, list(a), list(b)), "the win rate")
         want = reference_win_rate(a, b)
         if abs(got - want) < 1e-9:
             continue
@@ -203,14 +210,14 @@ def _refusal_cases() -> list[tuple[list, list[str]]]:
     return [(prompts, ideal), (mixed_prompts, mixed), (benign[:4], [refuse[0]] * 4)]
 
 
-@check
+@check(reference=reference_refusal_rate)
 def check_refusal_rate(refusal_rate):
     """refusal_rate(prompts: list[Prompt], responses: list[str], harmful: bool = False) -> float."""
     for prompts, responses in _refusal_cases():
         for harmful in (False, True):
             want = reference_refusal_rate(prompts, responses, harmful=harmful)
             try:
-                got = refusal_rate(list(prompts), list(responses), harmful=harmful)
+                got = call(refusal_rate, list(prompts), list(responses), harmful=harmful)
             except ZeroDivisionError:
                 raise CheckFailed(f"with no {'harmful' if harmful else 'benign'} prompt in the list you divided by 0: "
                                   "return math.nan (there is no rate to measure)") from None

@@ -31,7 +31,7 @@ def _lstsq(columns: list[list[float]], target: list[float]) -> list[float]:
     return torch.linalg.lstsq(a, torch.tensor(target, dtype=torch.float64).unsqueeze(1)).solution.squeeze(1).tolist()
 
 
-@check
+@check(reference=reference_fit_best_of_n)
 def check_fit_best_of_n(fit_best_of_n):
     """fit_best_of_n(d, gain) -> (alpha, beta), least squares of gain = d (alpha - beta d)."""
     g = torch.Generator().manual_seed(9)
@@ -71,18 +71,19 @@ def check_fit_best_of_n(fit_best_of_n):
 
 # --- Exercise 9.2 ----------------------------------------------------------------------------------------
 
-@check
+@check(reference=reference_ensemble_reward)
 def check_ensemble_reward(ensemble_reward):
     """ensemble_reward(scores (k, N), aggregate) -> (N,): standardise each member over the N answers, then
     the mean or the minimum over the members."""
     g = torch.Generator().manual_seed(2)
     # members on different scales and offsets, as independently trained reward models are
     scores = torch.randn(3, 6, generator=g) * torch.tensor([[1.0], [5.0], [0.3]]) + torch.tensor([[0.0], [4.0], [-2.0]])
-    for aggregate in ("mean", "worst"):
-        x = scores.clone()
+    for aggregate, layout in (("mean", "contiguous"), ("worst", "contiguous"), ("mean", "transposed view")):
+        x = scores.clone() if layout == "contiguous" else scores.T.clone().T  # the same values, non-contiguous
         got = ensemble_reward(x, aggregate)
         if not torch.equal(x, scores):
-            raise CheckFailed("the scores were changed in place: standardise a copy")
+            raise CheckFailed(f"the scores ({layout}) were changed in place: standardise a copy "
+                              "(scores - mean, not scores -= mean)")
         if not isinstance(got, torch.Tensor) or tuple(got.shape) != (6,):
             shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
             raise CheckFailed(f"return one combined score per answer, shape (N,) = (6,); got {shape}")
@@ -138,7 +139,7 @@ def _steps_cases() -> list[tuple[str, toyworld.Prompt, str, bool, str]]:
     ]
 
 
-@check
+@check(reference=reference_steps_in_order)
 def check_steps_in_order(steps_in_order):
     """steps_in_order(prompt, response, ended) -> bool."""
     for name, prompt, response, expected, mistake in _steps_cases():
@@ -154,17 +155,31 @@ def check_steps_in_order(steps_in_order):
 
 # --- Exercise 9.4 ----------------------------------------------------------------------------------------
 
-@check
+@check(reference=reference_simpo_loss)
 def check_simpo_loss(simpo_loss):
     """simpo_loss(policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths, beta, gamma)
     -> (loss, chosen_rewards, rejected_rewards)."""
     g = torch.Generator().manual_seed(4)
     B = 6
-    lc = torch.randint(3, 20, (B,), generator=g).float()
-    lr = torch.randint(3, 20, (B,), generator=g).float()
-    pc = -lc * (torch.rand(B, generator=g) * 2 + 0.2)
-    pr = -lr * (torch.rand(B, generator=g) * 2 + 0.2)
-    beta, gamma = 2.0, 0.8
+    # several (beta, gamma): a wrong formula can coincide with the right one at a single setting
+    for beta, gamma in ((2.0, 0.8), (2.5, 1.4), (10.0, 0.3)):
+        lc = torch.randint(3, 20, (B,), generator=g).float()
+        lr = torch.randint(3, 20, (B,), generator=g).float()
+        pc = -lc * (torch.rand(B, generator=g) * 2 + 0.2)
+        pr = -lr * (torch.rand(B, generator=g) * 2 + 0.2)
+        pc[0], lc[0], pr[0], lr[0] = -6.0, 3.0, -6.0, 3.0  # a tie: equal rewards, the loss is log(1 + e^gamma)
+        want = _check_simpo_once(simpo_loss, pc, pr, lc, lr, beta, gamma, B)
+    # extremes: a pair the policy gets very wrong must give a large finite loss, not inf
+    pc = torch.tensor([-400.0, -2.0]); pr = torch.tensor([-2.0, -400.0]); lens = torch.tensor([1.0, 1.0])
+    loss = simpo_loss(pc, pr, lens, lens, 2.0, 0.5)[0]
+    if not torch.isfinite(loss).all():
+        raise CheckFailed("the loss is inf on a pair with a large margin: -log(sigmoid(x)) overflows; use "
+                          "-F.logsigmoid(x), which is computed stably")
+    return f"SimPO Eq. 6 at three (beta, gamma) with a tie and an extreme pair (loss {want.item():.4f} at the last), " \
+           "rewards beta / |y| log pi(y|x), no reference model"
+
+
+def _check_simpo_once(simpo_loss, pc, pr, lc, lr, beta, gamma, B):
     inputs = [x.clone() for x in (pc, pr, lc, lr)]
     pc_g = inputs[0].requires_grad_()
     out = simpo_loss(*inputs, beta, gamma)
@@ -213,4 +228,4 @@ def check_simpo_loss(simpo_loss):
     loss.backward()
     if pc_g.grad is None or not (pc_g.grad < 0).all():
         raise CheckFailed("the gradient should raise every chosen answer's log-probability")
-    return f"SimPO Eq. 6 (loss {want.item():.4f} here), rewards beta / |y| log pi(y|x), no reference model"
+    return want
