@@ -129,6 +129,13 @@ def cmd_build_standin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_overoptimization(args: argparse.Namespace) -> int:
+    from rlhf_course.overoptimization import write_lab
+
+    write_lab(args.out, args.profile)
+    return 0
+
+
 def cmd_labels_merge(args: argparse.Namespace) -> int:
     from rlhf_course.errors import UsageError
     from rlhf_course.labelling import merge_labels, merge_output_problem
@@ -293,6 +300,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_build_standin)
     add_train_and_memory(sub, ppo_options=bool(argv) and argv[0] == "train")
+
+    p = sub.add_parser("overoptimization", help="reward over-optimisation against the gold reward (Gao et al. 2022): "
+                                                "best-of-n, PPO, fits, remedies -> DIR/overoptimization.json + plots")
+    p.add_argument("--out", required=True, help="folder for overoptimization.json and the PNG plots")
+    p.add_argument("--profile", choices=["tiny", "7b"])
+    p.set_defaults(func=cmd_overoptimization)
 
     p = sub.add_parser("labels", help="students' label files (from the notebook's labelling widget)")
     labels = p.add_subparsers(dest="labels_command", required=True)

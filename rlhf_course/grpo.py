@@ -37,7 +37,12 @@ from rlhf_course.best_of_n import as_prompt
 from rlhf_course.loading import load_tokenizer, policy_for_trainer
 from rlhf_course.profiles import Profile
 from rlhf_course.sampling import Completion, as_messages
-from rlhf_course.training import TrainResult, run_trl_trainer, steps_or_default, trl_common_args
+from rlhf_course.training import (
+    TrainResult,
+    run_trl_trainer,
+    steps_or_default,
+    trl_common_args,
+)
 
 ALGORITHMS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}
 # KL coefficient of RLOO when none is given: TRL's default, on the KL summed over the answer (GRPO's comes
@@ -98,7 +103,7 @@ def train_grpo(
     model_id: str | None = None, prompts: list | None = None, steps: int | None = None,
     num_generations: int = 8, learning_rate: float | None = None, beta: float | None = None,
     load_in_4bit: bool | None = None, out_dir: str | None = None, progress: bool = True, seed: int = 0,
-    callbacks: list | None = None, **trl_args,
+    callbacks: list | None = None, trainer_cls=None, **trl_args,
 ) -> TrainResult:
     """Train a LoRA adapter on the profile's (SFT) model with GRPO or RLOO, through TRL.
 
@@ -108,12 +113,13 @@ def train_grpo(
     `learning_rate`, `beta` (the KL coefficient; 0 skips the reference model): default from the profile's
     recipe (RLOO's beta: `RLOO_BETA`).
     `trl_args`: any other field of `GRPOConfig`/`RLOOConfig` (e.g. `loss_type="grpo"`, `epsilon`).
+    `trainer_cls`: a subclass of TRL's trainer to use instead (e.g. `grpo_variants.DynamicSamplingGRPOTrainer`).
 
     `history`: TRL's log, one row per step (reward, reward_std, kl, entropy, ...). `metrics`: the mean
     reward of the first and last few steps, the last KL, and seconds per step."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
-    config_cls, trainer_cls = ALGORITHMS[algorithm]
+    config_cls, default_trainer_cls = ALGORITHMS[algorithm]
     steps = steps_or_default(steps, profile.ppo_steps)
     tokenizer = load_tokenizer(profile, model_id)
     model, peft_config = policy_for_trainer(profile, model_id, load_in_4bit, verbose=progress)
@@ -135,7 +141,7 @@ def train_grpo(
     })
     eos = model.generation_config.eos_token_id  # every id that ends an answer, as TRL collects them
     eos_token_ids = {tokenizer.eos_token_id, *([] if eos is None else [eos] if isinstance(eos, int) else eos)}
-    trainer = trainer_cls(
+    trainer = (trainer_cls or default_trainer_cls)(
         model=model, reward_funcs=trl_reward_func(reward_fn, list(eos_token_ids)), args=args,
         train_dataset=prompt_dataset(prompts), processing_class=tokenizer,
         # 4. a fresh LoRA adapter, the reference being the same model with the adapter disabled; or (7b) the

@@ -12,6 +12,8 @@ code the notebooks teach - `rlhf-course build-checkpoints` rebuilds them (about 
     rm_length_biased/   the same, trained on labels from a labeller who likes long answers (notebook 6)
     rm_helpful/         Llama 2's two reward models (notebook 5): one trained on helpfulness labels only,
     rm_harmless/        one on harmlessness (safety) labels only, both with centred rewards
+    rm_ensemble/member{1,2,3}/  three more length-biased reward models, each on its own bootstrap sample of
+                        those labels with its own seed: with rm_length_biased, an ensemble of four (notebook 9)
 
 On the 7b profile nothing ships (Hub models, a GPU's hours): they are trained on first use, with the
 profile's recipe on its real preference set, into `models_dir(profile)` - `~/.cache/rlhf-course/7b`,
@@ -140,21 +142,58 @@ def reward_model_dir(profile: Profile, kind: str = "default", progress: bool = F
                                     center_rewards_coefficient=center, progress=progress)
         del result
         free_memory()
-        for extra in ("training_args.bin", "README.md"):  # a pickle and a model card: not needed to load
-            (path / extra).unlink(missing_ok=True)
-        if profile.has_ground_truth:  # shipped: record the base as a repository path, not this machine's
-            cfg_path = path / "adapter_config.json"
-            cfg = json.loads(cfg_path.read_text())
-            cfg["base_model_name_or_path"] = "data/checkpoints/sft"
-            cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        _tidy_adapter_folder(profile, path)
     return str(path)
+
+
+def _tidy_adapter_folder(profile: Profile, path: Path) -> None:
+    for extra in ("training_args.bin", "README.md"):  # a pickle and a model card: not needed to load
+        (path / extra).unlink(missing_ok=True)
+    if profile.has_ground_truth:  # shipped: record the base as a repository path, not this machine's
+        cfg_path = path / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["base_model_name_or_path"] = "data/checkpoints/sft"
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+ENSEMBLE_MEMBERS = 3  # trained in rm_ensemble/; the shipped rm_length_biased is the ensemble's member 0
+
+
+def bootstrap_preferences(rows: list[dict], seed: int) -> list[dict]:
+    """A bootstrap sample of preference rows: as many rows, drawn with replacement (Efron 1979)."""
+    import random
+
+    rng = random.Random(seed)
+    return [rows[rng.randrange(len(rows))] for _ in rows]
+
+
+def reward_model_ensemble(profile: Profile, progress: bool = False) -> list[str]:
+    """Folders of an ensemble of length-biased reward models (Coste et al. 2023, arXiv:2310.02743, Sec. 4):
+    the shipped `rm_length_biased` (all labels, seed 0) and `ENSEMBLE_MEMBERS` more, member i trained with
+    seed i on its own bootstrap sample of the same labels. Same recipe as `reward_model_dir` otherwise, so the
+    members differ only by their data sample and their initialisation. Built on first use if missing."""
+    from rlhf_course.reward_model import train_reward_model
+
+    paths = [reward_model_dir(profile, "length_biased", progress)]  # refuses a profile without the toy world
+    for i in range(1, ENSEMBLE_MEMBERS + 1):
+        path = models_dir(profile) / "rm_ensemble" / f"member{i}"
+        if not (path / "adapter_model.safetensors").exists():
+            data = datasets.Dataset.from_list(bootstrap_preferences(length_biased_preferences(), seed=i))
+            train_reward_model(profile, data, model_id=sft_model(profile, progress), out_dir=str(path),
+                               progress=progress, seed=i)
+            _tidy_adapter_folder(profile, path)
+        paths.append(str(path))
+    return paths
 
 
 def build_all(profile: Profile, progress: bool = True) -> dict[str, str]:
     """(Re)build every trained model of the profile from scratch."""
     kinds = KINDS if profile.has_ground_truth else ("default",)
-    for name in ("sft", *FOLDERS.values()):
+    for name in ("sft", *FOLDERS.values(), "rm_ensemble"):
         shutil.rmtree(models_dir(profile) / name, ignore_errors=True)
     out = {"sft": sft_model(profile, progress)}
     out |= {FOLDERS[k]: reward_model_dir(profile, k, progress) for k in kinds}
+    if profile.has_ground_truth:
+        for i, path in enumerate(reward_model_ensemble(profile, progress)[1:], start=1):
+            out[f"rm_ensemble/member{i}"] = path
     return out

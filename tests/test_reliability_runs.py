@@ -5,8 +5,6 @@ unless --resume asks for it; a damaged newest Trainer checkpoint falls back to t
 import contextlib
 import errno
 import io
-import json
-import shutil
 from collections import namedtuple
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from rlhf_course import runs
 from rlhf_course.cli import main
 from rlhf_course.errors import RunError
 from rlhf_course.profiles import Hardware, ProfileError, pick_profile
-from rlhf_course.runs import NOT_COMPARED, run_stage
+from rlhf_course.runs import run_stage
 
 from test_resume import killed_after_checkpoint
 

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from rlhf_course.checks.core import CheckFailed, call, check, close, draws, same_on_layouts
 from rlhf_course.logprobs import sequence_logprob as reference_sequence_logprob
-from rlhf_course.logprobs import token_logprobs
 from rlhf_course.policy_gradient import reinforce_loss as reference_reinforce_loss
 from rlhf_course.ppo import compute_gae, masked_mean, masked_whiten
 
