@@ -131,8 +131,10 @@ def cmd_build_standin(args: argparse.Namespace) -> int:
 
 def cmd_overoptimization(args: argparse.Namespace) -> int:
     from rlhf_course.overoptimization import write_lab
+    from rlhf_course.pipeline import quiet_libraries
 
-    write_lab(args.out, args.profile)
+    with quiet_libraries():  # one line per stage, not the libraries' bars and deprecation notices
+        write_lab(args.out, args.profile)
     return 0
 
 

@@ -451,6 +451,15 @@ def write_lab(out_dir, profile: Profile | str | None = None, config: LabConfig =
 
     from rlhf_course.profiles import pick_profile
 
+    from rlhf_course.errors import UsageError
+
+    out = Path(out_dir)
+    written = [out / name for name in ("overoptimization.json", "best_of_n.png", "ppo.png", "remedies.png")]
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file: give a folder for overoptimization.json and the plots")
+    if existing := [p.name for p in written if p.exists()]:  # checked before the run, not after it
+        raise UsageError(f"{out} already holds a lab's results ({', '.join(existing)}): give another --out "
+                         "or move them away; they are never overwritten")
     profile = profile if isinstance(profile, Profile) else pick_profile(profile)
     threads = torch.get_num_threads()
     if config.workers > 1:
@@ -459,13 +468,14 @@ def write_lab(out_dir, profile: Profile | str | None = None, config: LabConfig =
         lab = run_lab(profile, config, progress=progress)
     finally:
         torch.set_num_threads(threads)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "overoptimization.json").write_text(json.dumps(lab, indent=1))
-    plot_curve(lab["best_of_n"], lab["fits"]["best_of_n"],
-               title=f"Best-of-n, n = 1 ... {config.n_max}").savefig(out / "best_of_n.png", dpi=120)
-    plot_curve(lab["ppo"], lab["fits"]["ppo"],
-               title=f"PPO, kl_coef {config.weak_kl_coef:g}").savefig(out / "ppo.png", dpi=120)
+    for rows, fit, name, title in ((lab["best_of_n"], lab["fits"]["best_of_n"], "best_of_n.png",
+                                    f"Best-of-n, n = 1 ... {config.n_max}"),
+                                   (lab["ppo"], lab["fits"]["ppo"], "ppo.png", f"PPO, kl_coef {config.weak_kl_coef:g}")):
+        fig = plot_curve(rows, fit, title=title)
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     plot_remedies({"proxy (length-biased RM)": lab["best_of_n"], **lab["remedies"]["best_of_n"]},
                   title="Best-of-n: remedies", ax=axes[0])

@@ -145,3 +145,16 @@ def test_the_cli_has_the_subcommand():
 
     args = build_parser().parse_args(["overoptimization", "--out", "x"])
     assert args.out == "x" and args.func.__name__ == "cmd_overoptimization"
+
+
+def test_the_lab_never_overwrites_a_previous_result(tmp_path):
+    """Refused before the run (not after two minutes of it), and the old file is left as it was."""
+    from rlhf_course.errors import UsageError
+
+    (tmp_path / "overoptimization.json").write_text('{"mine": 1}')
+    with pytest.raises(UsageError, match="never overwritten"):
+        oo.write_lab(tmp_path, "tiny", progress=False)
+    assert (tmp_path / "overoptimization.json").read_text() == '{"mine": 1}'
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        oo.write_lab(tmp_path / "afile", "tiny", progress=False)
