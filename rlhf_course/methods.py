@@ -11,8 +11,8 @@ Every method starts from the course's SFT model and is judged the same way (`eva
 **Online against offline DPO** (Guo et al. 2024, "Direct language model alignment from online AI
 feedback", arXiv:2402.04792; Xiong et al. 2023, arXiv:2312.11456): the same judge labels the same number
 of pairs. Offline: all pairs sampled once from the SFT model, then DPO. Online: in rounds, each sampling
-its pairs from the policy the last round trained (`iterative.iterative_loop`), so the labels follow the
-policy. The judge is the course's reward model (`ai_feedback.RewardModelJudge`).
+its pairs from the policy the last round trained (`feedback.iterative_loop`), so the labels follow the
+policy. The judge is the course's reward model (`feedback.RewardModelJudge`).
 """
 
 from __future__ import annotations
@@ -89,9 +89,8 @@ def grpo_run(profile: Profile, variant: str, sizes: Sizes, seed: int) -> dict:
 
 def dpo_loop_run(profile: Profile, online: bool, sizes: Sizes, seed: int) -> dict:
     """Online (rounds of on-policy pairs) or offline (one batch of SFT pairs, as many pairs and steps in
-    all) DPO, the pairs labelled by the reward model; `iterative.iterative_loop` does both."""
-    from rlhf_course.ai_feedback import RewardModelJudge
-    from rlhf_course.iterative import LoopConfig, iterative_loop
+    all) DPO, the pairs labelled by the reward model; `feedback.iterative_loop` does both."""
+    from rlhf_course.feedback import LoopConfig, RewardModelJudge, iterative_loop
     from rlhf_course.loading import load_policy, load_tokenizer
     from rlhf_course.reward_model import load_trained_reward_model
 

@@ -6,10 +6,10 @@ import pytest
 
 from rlhf_course import toyworld
 from rlhf_course.cli import main
-from rlhf_course.labelling import (Label, LabelFileError, LabellingSession, LabellingWidget, Pair, canonical_choice,
-                                   cohen_kappa, compare_labels, fleiss_kappa, label_pairs, labels_to_preferences,
-                                   merge_labels, pair_id, percent_agreement, read_labels, repair_torn_tail,
-                                   sample_pairs, simulated_labeller)
+from rlhf_course.feedback import (Label, LabelFileError, LabellingSession, LabellingWidget, Pair, canonical_choice,
+                                  cohen_kappa, compare_labels, fleiss_kappa, label_pairs, labels_to_preferences,
+                                  merge_labels, pair_id, percent_agreement, read_labels, repair_torn_tail,
+                                  sample_pairs, simulated_labeller)
 from rlhf_course.preferences import validate_file, validate_records
 
 
