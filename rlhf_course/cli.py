@@ -174,7 +174,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
-    from rlhf_course.memory import METHODS, plan
+    from rlhf_course.gpu_memory import METHODS, plan
 
     for method in [args.method] if args.method else METHODS:
         print(plan(args.model, method, args.gpu).table() + "\n")

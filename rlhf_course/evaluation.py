@@ -255,7 +255,7 @@ def best_possible_reward(prompts: list | None = None) -> float:
     return mean(toyworld.reward(w, toyworld.best_response(w)) for w in worlds)
 
 
-def summarize(samples: list[Sample]) -> dict[str, float]:
+def summarize_samples(samples: list[Sample]) -> dict[str, float]:
     """Means over the samples; ground-truth numbers over the toy-world prompts only."""
     out = {"n_samples": float(len(samples)),
            "length": mean(s.completion.n_tokens for s in samples),             # tokens, EOS included
@@ -287,7 +287,7 @@ class EvalResult:
     win_rates: dict[str, float] = field(default_factory=dict)  # vs the baseline: "win_rate", "win_rate_rm"
 
     def summary(self) -> dict[str, float]:
-        return {k: float(v) for k, v in (summarize(self.samples) | self.win_rates).items()}
+        return {k: float(v) for k, v in (summarize_samples(self.samples) | self.win_rates).items()}
 
     @property
     def rewards(self) -> list[float]:

@@ -144,7 +144,7 @@ def run_method(name: str, profile: Profile, sizes: Sizes, seed: int) -> dict:
 def methods_table(profile: Profile, sizes: Sizes = Sizes(), seeds: tuple[int, ...] = (0, 1, 2),
                   methods: list[str] | None = None, workers: int = 1, save_runs=None) -> dict:
     """Run every method (or those named) once per seed - each (method, seed) an independent run, spread
-    over `workers` processes (`parallel.start_jobs`) - and the SFT model once. Returns `summarize`'s table,
+    over `workers` processes (`parallel.start_jobs`) - and the SFT model once. Returns `summarize_seeds`'s table,
     the SFT model first. `save_runs`: a JSON file that gets every run's row as soon as all are done."""
     if not profile.has_ground_truth:
         from rlhf_course.errors import CourseError
@@ -163,11 +163,11 @@ def methods_table(profile: Profile, sizes: Sizes = Sizes(), seeds: tuple[int, ..
         Path(save_runs).parent.mkdir(parents=True, exist_ok=True)
         Path(save_runs).write_text(json.dumps({"SFT (start)": sft} | {f"{n} | seed {s}": r for (n, s), r in runs.items()},
                                               indent=1))
-    return summarize({"SFT (start)": ("start", [sft])} |
+    return summarize_seeds({"SFT (start)": ("start", [sft])} |
                      {name: (METHODS[name][0], [runs[(name, seed)] for seed in seeds]) for name in names}, sizes, seeds)
 
 
-def summarize(runs: dict[str, tuple[str, list[dict]]], sizes: Sizes, seeds) -> dict:
+def summarize_seeds(runs: dict[str, tuple[str, list[dict]]], sizes: Sizes, seeds) -> dict:
     """{name: (group, per-seed rows)} -> {"sizes", "seeds", "rows": {name: {"group", "runs", "mean", "std"}}},
     std the sample standard deviation over the seeds (NaN for a single run)."""
     def mean_std(values: list[float]) -> tuple[float, float]:

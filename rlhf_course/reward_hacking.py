@@ -44,7 +44,7 @@ def reward_hacking_curves(profile: Profile, *, kl_coefs: tuple[float, ...] = (0.
     return curves
 
 
-def summarize(curves: dict[str, list[dict]], window: int = 5) -> dict[str, dict[str, float]]:
+def summarize_hacking(curves: dict[str, list[dict]], window: int = 5) -> dict[str, dict[str, float]]:
     """Start and end (mean over `window` iterations) of the proxy and the true reward, per run."""
     def avg(rows, key):
         return sum(r[key] for r in rows) / len(rows)
