@@ -19,7 +19,7 @@ from typing import Callable
 
 from rlhf_course.errors import CourseError
 from rlhf_course.feedback.pairs import Pair, pair_id
-from rlhf_course.preferences import Problem, check_values, parse_jsonl_line
+from rlhf_course.preferences import Problem, check_values, read_jsonl
 
 DECISIONS = ("a", "b", "tie", "skip")  # what a labeller can answer; ties and skips teach no preference
 FIELDS = ("pair_id", "prompt", "answer_a", "answer_b", "decision", "much_better", "labeller", "time")
@@ -190,31 +190,18 @@ def read_labels(path: str | Path) -> LabelLog:
     earlier one; an "undo" line removes that labeller's most recent label of its pair."""
     path = str(path)
     log = LabelLog(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        log.problems.append(Problem(path, 0, "file", f"cannot read file: {err.strerror or err}"))
-        return log
+    jsonl = read_jsonl(path)  # unreadable lines (not UTF-8, not JSON) come back as problems naming their line
+    for bad in jsonl.problems:
+        if jsonl.torn_tail and bad.line == jsonl.torn_tail[0]:  # a crash cut the last write short
+            log.warnings.append(f"{path}:{bad.line}: left out an unfinished last line (a write cut short by a crash): "
+                                f"{jsonl.torn_tail[1][:60]!r}")
+        else:
+            log.problems.append(bad)
     standing: dict[tuple[str, str], Label] = {}  # (labeller, pair_id) -> label; dicts keep insertion order
-    raw_lines = data.splitlines()
-    for line, raw in enumerate(raw_lines, start=1):
+    for line, record in jsonl.records:
         def problem(name: str, message: str, line=line) -> None:
             log.problems.append(Problem(path, line, name, message))
 
-        if not raw.strip():
-            continue
-        torn = line == len(raw_lines) and not data.endswith(b"\n")  # a crash cut the last write short
-        try:
-            record, bad = parse_jsonl_line(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            record, bad = None, ("encoding", "not valid UTF-8")
-        if bad and torn:
-            log.warnings.append(f"{path}:{line}: left out an unfinished last line (a write cut short by a crash): "
-                                f"{raw[:60]!r}")
-            continue
-        if bad:
-            problem(*bad)
-            continue
         if not isinstance(record, dict):
             problem("record", f"must be a JSON object {{...}}, got {_type_name(record)}")
             continue
@@ -241,4 +228,5 @@ def read_labels(path: str | Path) -> LabelLog:
         else:
             problem("type", f'must be "label" or "undo", got {kind!r}')
     log.labels = list(standing.values())
+    log.problems.sort(key=lambda p: p.line)  # FILE:LINE order, as the file reads
     return log
