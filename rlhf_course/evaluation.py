@@ -22,7 +22,6 @@ import functools
 import math
 from dataclasses import dataclass, field
 from statistics import mean
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -30,10 +29,9 @@ from tqdm.auto import tqdm
 from rlhf_course import toyworld
 from rlhf_course.loading import reference_policy
 from rlhf_course.logprobs import completion_logprobs
-from rlhf_course.sampling import Completion, answer_mask, decode_responses, prompt_mask, sample_ids
+from rlhf_course.sampling import Completion, RewardFn, answer_mask, decode_responses, prompt_mask, sample_ids
 from rlhf_course.toyworld import Prompt, Score
 
-RewardFn = Callable[[list, list], list[float]]  # reward_fn(prompts, completions) -> scores, as every trainer takes
 NAN = float("nan")
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from statistics import mean
 
@@ -41,8 +40,7 @@ from rlhf_course.errors import CourseError, UsageError
 from rlhf_course.evaluation import evaluate_policy
 from rlhf_course.parallel import start_jobs
 from rlhf_course.profiles import Profile, pick_profile
-
-RewardFn = Callable[[list, list], list[float]]
+from rlhf_course.sampling import RewardFn
 
 
 @dataclass

@@ -13,10 +13,11 @@ set and the gold reward the independent judge (`gold.gold_reward_fn`): Gao et al
 from __future__ import annotations
 
 from rlhf_course import trained_models
-from rlhf_course.gold import RewardFn, gold_reward_fn
+from rlhf_course.gold import gold_reward_fn
 from rlhf_course.loading import free_memory
 from rlhf_course.ppo import train_ppo
 from rlhf_course.profiles import Profile
+from rlhf_course.sampling import RewardFn
 
 
 def reward_hacking_curves(profile: Profile, *, kl_coefs: tuple[float, ...] = (0.0, 0.2), steps: int = 60,

@@ -4,6 +4,7 @@ best-of-N, labelling), the same for the tiny model and a 7B."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -14,6 +15,10 @@ class Completion:
     text: str    # the answer, decoded without special tokens, stripped
     ended: bool  # the model produced its end-of-sequence token (False: cut at max_new_tokens)
     n_tokens: int
+
+
+# reward_fn(prompts, completions) -> one score per completion: what every trainer, judge and evaluation takes
+RewardFn = Callable[[list, list[Completion]], list[float]]
 
 
 def as_messages(prompt: str | list[dict]) -> list[dict]:

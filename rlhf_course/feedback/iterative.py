@@ -33,7 +33,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import datasets
 from matplotlib.figure import Figure
@@ -44,10 +43,11 @@ from rlhf_course.evaluation import best_possible_reward, evaluate_policy
 from rlhf_course.feedback.ai_feedback import Judge
 from rlhf_course.feedback.label_file import Label
 from rlhf_course.feedback.pairs import Pair, sample_pairs
-from rlhf_course.feedback.session import label_pairs
+from rlhf_course.feedback.session import LabellerFn, label_pairs
 from rlhf_course.feedback.to_preferences import labels_to_preferences
 from rlhf_course.loading import free_memory, load_policy, load_tokenizer
 from rlhf_course.profiles import Profile
+from rlhf_course.sampling import RewardFn
 from rlhf_course.sft import save_merged
 
 
@@ -92,9 +92,6 @@ class LoopResult:
         return [r.reward for r in self.rounds]
 
 
-LabellerFn = Callable[[Pair], "str | tuple[str, bool]"]
-
-
 def label_round(labeller: Judge | LabellerFn, pairs: list[Pair], path: Path, seed: int) -> list[Label]:
     """Label a round's pairs, written to `path`: a judge labels them all at once (batched); a labeller
     function (a person's stand-in) goes through the same labelling session as the widget."""
@@ -114,7 +111,7 @@ def _evaluate(model, tokenizer, profile: Profile, config: LoopConfig, prompts, j
 def iterative_loop(profile: Profile, labeller: Judge | LabellerFn, *, model_id: str | None = None,
                    prompts: list | None = None, eval_prompts: list | None = None,
                    config: LoopConfig = LoopConfig(), work_dir: str | Path | None = None,
-                   judge: Callable[[list, list], list[float]] | None = None, progress: bool = False) -> LoopResult:
+                   judge: RewardFn | None = None, progress: bool = False) -> LoopResult:
     """Run K rounds of sample -> label -> DPO -> evaluate, starting from `model_id` (the merged SFT model;
     default: the profile's base). `prompts`: where pairs are sampled (default: the toy world's training
     prompts); `eval_prompts`: the held-out prompts (default: `toyworld.eval_prompts()`). `judge`: what

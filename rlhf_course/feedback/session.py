@@ -20,6 +20,7 @@ from rlhf_course.feedback.label_file import (DECISIONS, Label, LabelFileError, L
 from rlhf_course.feedback.pairs import Pair
 from rlhf_course.preferences import Problem
 
+LabellerFn = Callable[[Pair], "str | tuple[str, bool]"]  # labeller(pair) -> a decision, or (decision, much_better)
 _NEW_FILE_LABELLERS: dict[str, str] = {}  # label file -> the id given to the first session on it (this kernel)
 
 
@@ -117,7 +118,7 @@ class LabellingSession:
             self._order.insert(0, label.pair_id)
         return label
 
-    def run(self, labeller: Callable[[Pair], str | tuple[str, bool]], limit: int | None = None) -> int:
+    def run(self, labeller: LabellerFn, limit: int | None = None) -> int:
         """Label the remaining pairs with `labeller(pair) -> decision` (or (decision, much_better)).
         Stops after `limit` labels. Returns how many labels were given."""
         n = 0
@@ -160,7 +161,7 @@ class LabellingSession:
         self._size = self.path.stat().st_size
 
 
-def label_pairs(pairs: Iterable[Pair], path: str | Path, labeller: Callable[[Pair], str | tuple[str, bool]],
+def label_pairs(pairs: Iterable[Pair], path: str | Path, labeller: LabellerFn,
                 *, labeller_id: str | None = None, limit: int | None = None) -> LabellingSession:
     """Headless labelling: the same session as the widget, with a function in place of a person.
     Resumes a file that already has labels. Returns the session (`.labels`, `.progress`)."""

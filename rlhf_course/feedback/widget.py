@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from rlhf_course import toyworld
 from rlhf_course.feedback.label_file import Label, LabelFileError, LabelSaveError
 from rlhf_course.feedback.pairs import Pair
-from rlhf_course.feedback.session import LabellingSession, _as_decision
+from rlhf_course.feedback.session import LabellerFn, LabellingSession, _as_decision
 
 
 class LabellingWidget:
@@ -100,7 +100,7 @@ class LabellingWidget:
     def _show_error(self, err: Exception) -> None:
         self.status.value = f'<b style="color:#b00020">{html.escape(str(err))}</b>'
 
-    def autolabel(self, labeller: Callable[[Pair], str | tuple[str, bool]], limit: int | None = None) -> int:
+    def autolabel(self, labeller: LabellerFn, limit: int | None = None) -> int:
         """Let a function press the buttons (how the stored notebook run and the tests drive the widget)."""
         n = 0
         while self.shown is not None and (limit is None or n < limit):
