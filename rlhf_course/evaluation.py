@@ -163,7 +163,7 @@ def sample_answers(model, tokenizer, prompts: list | None = None, *, n_per_promp
     """`n_per_prompt` answers to each prompt (prompt-major order), sampled at `temperature` with `seed`.
     With a `reference`, each sample carries its KL estimates. The caller's random state is left as it was."""
     prompts = default_prompts(prompts)
-    inputs = [p.text if isinstance(p, Prompt) else p for p in prompts for _ in range(n_per_prompt)]
+    inputs = [toyworld.as_prompt(p) for p in prompts for _ in range(n_per_prompt)]
     models = [model] + ([reference] if reference not in (None, "self") else [])
     was_training = [m.training for m in models]
     for m in models:

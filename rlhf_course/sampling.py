@@ -9,6 +9,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from rlhf_course import toyworld
+
 
 @dataclass
 class Completion:
@@ -22,8 +24,8 @@ RewardFn = Callable[[list, list[Completion]], list[float]]
 
 
 def as_messages(prompt: str | list[dict]) -> list[dict]:
-    """A plain prompt becomes one user message; a conversation is kept."""
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    """A plain prompt becomes one user message (`toyworld.user`); a conversation is kept."""
+    return toyworld.user(prompt) if isinstance(prompt, str) else prompt
 
 
 def render_prompts(tokenizer, prompts: list[str | list[dict]]) -> list[str]:

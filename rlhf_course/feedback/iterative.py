@@ -125,7 +125,7 @@ def iterative_loop(profile: Profile, labeller: Judge | LabellerFn, *, model_id: 
     """
     work = Path(work_dir or tempfile.mkdtemp(prefix="rlhf-course-loop-"))
     work.mkdir(parents=True, exist_ok=True)
-    prompts = [p.text if isinstance(p, toyworld.Prompt) else p for p in (prompts or toyworld.train_prompts())]
+    prompts = [toyworld.as_prompt(p) for p in (prompts or toyworld.train_prompts())]
     rng = random.Random(config.seed)
     tokenizer = load_tokenizer(profile, model_id)
     start = model_id or profile.model_path

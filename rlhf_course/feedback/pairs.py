@@ -49,7 +49,7 @@ def sample_pairs(model, tokenizer, prompts: list, *, max_new_tokens: int = 64, t
     `prompts`: texts, conversations or toy-world `Prompt`s; pass `temperature=profile.temperature`."""
     from rlhf_course.sampling import generate
 
-    prompts = [p.text if isinstance(p, toyworld.Prompt) else p for p in prompts]
+    prompts = [toyworld.as_prompt(p) for p in prompts]
     answers = generate(model, tokenizer, prompts * 2, max_new_tokens, batch_size=batch_size,
                        temperature=temperature, seed=seed)
     rng = random.Random(seed)
