@@ -42,11 +42,6 @@ class BestOfN:
     samples: list[Completion]  # all n samples, in the same order
 
 
-def as_prompt(prompt) -> str | list[dict]:
-    """A prompt as the reward protocol expects it: a toy-world `Prompt` becomes its text."""
-    return prompt.text if isinstance(prompt, toyworld.Prompt) else prompt
-
-
 def score_in_batches(reward_fn, prompts: list, completions: list, batch_size: int = 64) -> list[float]:
     """`reward_fn` over a long list, a batch at a time (a reward model needs that; the ground truth does not care)."""
     rewards: list[float] = []
@@ -67,7 +62,7 @@ def best_of_n(model, tokenizer, prompts: list, n: int, reward_fn, *, max_new_tok
     `prompts`: plain strings, conversations, or toy-world `Prompt`s. Sampling is pure (temperature 1,
     no top-k/top-p), so best-of-1 is the model itself."""
     assert n >= 1, "n must be at least 1"
-    prompts = [as_prompt(p) for p in prompts]
+    prompts = [toyworld.as_prompt(p) for p in prompts]
     # 1. each prompt repeated n times in a row: samples i*n .. i*n+n-1 belong to prompt i
     repeated = [p for p in prompts for _ in range(n)]
     samples = generate(model, tokenizer, repeated, max_new_tokens, batch_size=batch_size,
@@ -139,7 +134,7 @@ def top_samples(results: list[BestOfN], keep_top: int = 1) -> datasets.Dataset:
 def mean_reward(model, tokenizer, prompts: list, reward_fn, *, samples_per_prompt: int = 1,
                 max_new_tokens: int = 64, seed: int = 0, batch_size: int = 64) -> float:
     """The model's mean reward: `samples_per_prompt` fresh samples for each prompt."""
-    prompts = [as_prompt(p) for p in prompts for _ in range(samples_per_prompt)]
+    prompts = [toyworld.as_prompt(p) for p in prompts for _ in range(samples_per_prompt)]
     completions = generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, seed=seed)
     rewards = score_in_batches(reward_fn, prompts, completions, batch_size)
     return sum(rewards) / len(rewards)
@@ -171,7 +166,7 @@ def rejection_sampling_finetune(
     if rounds > 1 and reward_model_dir is not None:
         raise ValueError("a reward model adapter fits the base it was trained on, which the merge after each round "
                          "replaces: with rounds > 1 pass reward_fn")
-    prompts = [as_prompt(p) for p in (prompts or toyworld.train_prompts())]
+    prompts = [toyworld.as_prompt(p) for p in (prompts or toyworld.train_prompts())]
     current = model_id or profile.model_path
     tokenizer = load_tokenizer(profile, current)
     history: list[dict] = []

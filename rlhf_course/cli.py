@@ -140,7 +140,7 @@ def cmd_overoptimization(args: argparse.Namespace) -> int:
 
 def cmd_labels_merge(args: argparse.Namespace) -> int:
     from rlhf_course.errors import UsageError
-    from rlhf_course.labelling import merge_labels, merge_output_problem
+    from rlhf_course.feedback import merge_labels, merge_output_problem
     from rlhf_course.preferences import save_preferences
 
     if problem := merge_output_problem(args.out, args.inputs):
@@ -174,7 +174,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
-    from rlhf_course.memory import METHODS, plan
+    from rlhf_course.gpu_memory import METHODS, plan
 
     for method in [args.method] if args.method else METHODS:
         print(plan(args.model, method, args.gpu).table() + "\n")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlhf_course.loading import reference_policy
+from rlhf_course.loading import load_tokenizer, policy_for_trainer, reference_policy
 from rlhf_course.logprobs import sequence_logprobs
 from rlhf_course.paths import data_path
 from rlhf_course.profiles import Profile
@@ -209,8 +209,6 @@ def train_dpo(profile: Profile, dataset=None, *, model_id: str | None = None, st
     `load_in_4bit=True` on a CPU (fp32 compute, fp32 adapter), which is how the tests cover it.
     """
     from trl import DPOTrainer
-
-    from rlhf_course.loading import load_tokenizer, policy_for_trainer
 
     tokenizer = load_tokenizer(profile, model_id)
     # the merged SFT model + a fresh adapter, or (7b) the SFT adapter itself, continued, with its frozen copy as pi_ref

@@ -22,7 +22,6 @@ import functools
 import math
 from dataclasses import dataclass, field
 from statistics import mean
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -30,10 +29,9 @@ from tqdm.auto import tqdm
 from rlhf_course import toyworld
 from rlhf_course.loading import reference_policy
 from rlhf_course.logprobs import completion_logprobs
-from rlhf_course.sampling import Completion, answer_mask, decode_responses, prompt_mask, sample_ids
+from rlhf_course.sampling import Completion, RewardFn, answer_mask, decode_responses, prompt_mask, sample_ids
 from rlhf_course.toyworld import Prompt, Score
 
-RewardFn = Callable[[list, list], list[float]]  # reward_fn(prompts, completions) -> scores, as every trainer takes
 NAN = float("nan")
 
 
@@ -165,7 +163,7 @@ def sample_answers(model, tokenizer, prompts: list | None = None, *, n_per_promp
     """`n_per_prompt` answers to each prompt (prompt-major order), sampled at `temperature` with `seed`.
     With a `reference`, each sample carries its KL estimates. The caller's random state is left as it was."""
     prompts = default_prompts(prompts)
-    inputs = [p.text if isinstance(p, Prompt) else p for p in prompts for _ in range(n_per_prompt)]
+    inputs = [toyworld.as_prompt(p) for p in prompts for _ in range(n_per_prompt)]
     models = [model] + ([reference] if reference not in (None, "self") else [])
     was_training = [m.training for m in models]
     for m in models:
@@ -255,7 +253,7 @@ def best_possible_reward(prompts: list | None = None) -> float:
     return mean(toyworld.reward(w, toyworld.best_response(w)) for w in worlds)
 
 
-def summarize(samples: list[Sample]) -> dict[str, float]:
+def summarize_samples(samples: list[Sample]) -> dict[str, float]:
     """Means over the samples; ground-truth numbers over the toy-world prompts only."""
     out = {"n_samples": float(len(samples)),
            "length": mean(s.completion.n_tokens for s in samples),             # tokens, EOS included
@@ -287,7 +285,7 @@ class EvalResult:
     win_rates: dict[str, float] = field(default_factory=dict)  # vs the baseline: "win_rate", "win_rate_rm"
 
     def summary(self) -> dict[str, float]:
-        return {k: float(v) for k, v in (summarize(self.samples) | self.win_rates).items()}
+        return {k: float(v) for k, v in (summarize_samples(self.samples) | self.win_rates).items()}
 
     @property
     def rewards(self) -> list[float]:

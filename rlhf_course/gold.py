@@ -17,8 +17,6 @@ answer, with the reward-model code every reward model here shares (`reward_model
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -26,8 +24,7 @@ from rlhf_course import toyworld
 from rlhf_course.loading import device_map_for, from_pretrained_checked
 from rlhf_course.profiles import Profile
 from rlhf_course.reward_model import score_texts
-
-RewardFn = Callable[[list, list], list[float]]
+from rlhf_course.sampling import RewardFn
 
 
 class JudgeModel:

@@ -29,7 +29,7 @@ from pathlib import Path
 import datasets
 import torch
 
-from rlhf_course import memory
+from rlhf_course import gpu_memory
 from rlhf_course.loading import free_memory, live_4bit_bases, load_policy, load_tokenizer
 from rlhf_course.profiles import Hardware, Profile, profile_7b, rehearsal_profile
 from rlhf_course.sampling import generate
@@ -162,8 +162,8 @@ def check(out: str | Path | None = None, *, standin: bool = False, steps: int = 
             row["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             row["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
             if stage in PLANNED:
-                estimate = memory.plan("mistral-7b", PLANNED[stage], "t4", profile=profile)
-                row["estimate_gib"] = round((estimate.total_bytes - memory.CUDA_CONTEXT_BYTES) / 2**30, 2)
+                estimate = gpu_memory.plan("mistral-7b", PLANNED[stage], "t4", profile=profile)
+                row["estimate_gib"] = round((estimate.total_bytes - gpu_memory.CUDA_CONTEXT_BYTES) / 2**30, 2)
                 row["measured_over_estimate"] = round(row["peak_allocated_gib"] / row["estimate_gib"], 2)
         rows.append(row)
         print(format_row(row), flush=True)

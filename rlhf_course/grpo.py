@@ -33,7 +33,6 @@ import torch
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from rlhf_course import toyworld
-from rlhf_course.best_of_n import as_prompt
 from rlhf_course.loading import load_tokenizer, policy_for_trainer
 from rlhf_course.profiles import Profile
 from rlhf_course.sampling import Completion, as_messages
@@ -94,7 +93,7 @@ def prompt_dataset(prompts: list | None = None) -> datasets.Dataset:
     """TRL's conversational prompt-only format: `{"prompt": [{"role": "user", "content": ...}]}`.
     Default: the toy world's training prompts."""
     prompts = prompts or toyworld.train_prompts()
-    return datasets.Dataset.from_list([{"prompt": as_messages(as_prompt(p))} for p in prompts])
+    return datasets.Dataset.from_list([{"prompt": as_messages(toyworld.as_prompt(p))} for p in prompts])
 
 
 

@@ -16,7 +16,7 @@ import weakref
 from contextlib import contextmanager
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                           BitsAndBytesConfig)
 
@@ -234,8 +234,6 @@ def is_adapter(path: str | os.PathLike | None) -> bool:
 def adapter_base(profile: Profile, adapter_dir: str | os.PathLike) -> str:
     """The base model an adapter folder was trained on: the one its adapter_config.json records when
     that is reachable (a folder here, or the profile's Hub id), else the profile's model."""
-    from peft import PeftConfig
-
     recorded = PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
     return recorded if recorded and (os.path.isdir(recorded) or recorded == profile.model_id) else profile.model_path
 
@@ -361,7 +359,7 @@ def keep_trainable_fp32(model, profile: Profile | None = None) -> None:
     TRL's trainers cast them to bf16 when the base is 4-bit (the QLoRA paper's recipe). A CPU computes
     in fp32 and a T4 has no bf16 (fp16 mixed precision needs fp32 master weights), so they go back to
     fp32. With `profile`, a profile that computes in bf16 keeps TRL's bf16 adapters (SFT and DPO do
-    this, which halves their optimizer state: see `memory.py`)."""
+    this, which halves their optimizer state: see `gpu_memory.py`)."""
     if profile is not None and profile.compute_dtype == torch.bfloat16:
         return
     for param in model.parameters():

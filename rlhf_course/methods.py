@@ -11,8 +11,8 @@ Every method starts from the course's SFT model and is judged the same way (`eva
 **Online against offline DPO** (Guo et al. 2024, "Direct language model alignment from online AI
 feedback", arXiv:2402.04792; Xiong et al. 2023, arXiv:2312.11456): the same judge labels the same number
 of pairs. Offline: all pairs sampled once from the SFT model, then DPO. Online: in rounds, each sampling
-its pairs from the policy the last round trained (`iterative.iterative_loop`), so the labels follow the
-policy. The judge is the course's reward model (`ai_feedback.RewardModelJudge`).
+its pairs from the policy the last round trained (`feedback.iterative_loop`), so the labels follow the
+policy. The judge is the course's reward model (`feedback.RewardModelJudge`).
 """
 
 from __future__ import annotations
@@ -89,9 +89,8 @@ def grpo_run(profile: Profile, variant: str, sizes: Sizes, seed: int) -> dict:
 
 def dpo_loop_run(profile: Profile, online: bool, sizes: Sizes, seed: int) -> dict:
     """Online (rounds of on-policy pairs) or offline (one batch of SFT pairs, as many pairs and steps in
-    all) DPO, the pairs labelled by the reward model; `iterative.iterative_loop` does both."""
-    from rlhf_course.ai_feedback import RewardModelJudge
-    from rlhf_course.iterative import LoopConfig, iterative_loop
+    all) DPO, the pairs labelled by the reward model; `feedback.iterative_loop` does both."""
+    from rlhf_course.feedback import LoopConfig, RewardModelJudge, iterative_loop
     from rlhf_course.loading import load_policy, load_tokenizer
     from rlhf_course.reward_model import load_trained_reward_model
 
@@ -145,7 +144,7 @@ def run_method(name: str, profile: Profile, sizes: Sizes, seed: int) -> dict:
 def methods_table(profile: Profile, sizes: Sizes = Sizes(), seeds: tuple[int, ...] = (0, 1, 2),
                   methods: list[str] | None = None, workers: int = 1, save_runs=None) -> dict:
     """Run every method (or those named) once per seed - each (method, seed) an independent run, spread
-    over `workers` processes (`parallel.start_jobs`) - and the SFT model once. Returns `summarize`'s table,
+    over `workers` processes (`parallel.start_jobs`) - and the SFT model once. Returns `summarize_seeds`'s table,
     the SFT model first. `save_runs`: a JSON file that gets every run's row as soon as all are done."""
     if not profile.has_ground_truth:
         from rlhf_course.errors import CourseError
@@ -164,11 +163,11 @@ def methods_table(profile: Profile, sizes: Sizes = Sizes(), seeds: tuple[int, ..
         Path(save_runs).parent.mkdir(parents=True, exist_ok=True)
         Path(save_runs).write_text(json.dumps({"SFT (start)": sft} | {f"{n} | seed {s}": r for (n, s), r in runs.items()},
                                               indent=1))
-    return summarize({"SFT (start)": ("start", [sft])} |
+    return summarize_seeds({"SFT (start)": ("start", [sft])} |
                      {name: (METHODS[name][0], [runs[(name, seed)] for seed in seeds]) for name in names}, sizes, seeds)
 
 
-def summarize(runs: dict[str, tuple[str, list[dict]]], sizes: Sizes, seeds) -> dict:
+def summarize_seeds(runs: dict[str, tuple[str, list[dict]]], sizes: Sizes, seeds) -> dict:
     """{name: (group, per-seed rows)} -> {"sizes", "seeds", "rows": {name: {"group", "runs", "mean", "std"}}},
     std the sample standard deviation over the seeds (NaN for a single run)."""
     def mean_std(values: list[float]) -> tuple[float, float]:

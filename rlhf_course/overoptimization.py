@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from statistics import mean
 
@@ -37,12 +36,11 @@ import torch
 
 from rlhf_course import toyworld, trained_models
 from rlhf_course.best_of_n import best_of_n, best_of_n_kl, score_in_batches
-from rlhf_course.errors import CourseError
+from rlhf_course.errors import CourseError, UsageError
 from rlhf_course.evaluation import evaluate_policy
 from rlhf_course.parallel import start_jobs
-from rlhf_course.profiles import Profile
-
-RewardFn = Callable[[list, list], list[float]]
+from rlhf_course.profiles import Profile, pick_profile
+from rlhf_course.sampling import RewardFn
 
 
 @dataclass
@@ -448,10 +446,6 @@ def write_lab(out_dir, profile: Profile | str | None = None, config: LabConfig =
     from pathlib import Path
 
     import matplotlib.pyplot as plt
-
-    from rlhf_course.profiles import pick_profile
-
-    from rlhf_course.errors import UsageError
 
     out = Path(out_dir)
     written = [out / name for name in ("overoptimization.json", "best_of_n.png", "ppo.png", "remedies.png")]

@@ -32,7 +32,6 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -49,10 +48,8 @@ from rlhf_course.loading import (active_adapter, add_reference_adapter, is_adapt
                                  reference_policy)
 from rlhf_course.profiles import TINY_RECIPE
 from rlhf_course.reward_model import tokenize_conversations
-from rlhf_course.sampling import Completion, answer_mask, decode_responses, prompt_mask, sample_ids
+from rlhf_course.sampling import Completion, RewardFn, answer_mask, decode_responses, prompt_mask, sample_ids
 from rlhf_course.training import TrainResult
-
-RewardFn = Callable[[list, list[Completion]], list[float]]
 
 
 def knob(default, help: str):

@@ -122,7 +122,7 @@ def to_plain(record: dict, tokenizer=None) -> dict:
 # ---------------------------------------------------------------------------- checking records
 # One code path for every way in: `validate_file` (and `rlhf-course validate-data`), `load_preferences`,
 # `validate_records` and `save_preferences` all check with `_check_all`, and files are read by
-# `_read_jsonl` and turned into a dataset by `_check_files`, so they accept and reject the same data
+# `read_jsonl` and turned into a dataset by `_check_files`, so they accept and reject the same data
 # with the same messages.
 
 MAX_DEPTH = 20          # nesting deeper than this is not preference data (and trips up pyarrow)
@@ -366,36 +366,62 @@ def validate_records(records: Iterable[dict], source: str = "<records>") -> Vali
 # ---------------------------------------------------------------------------- files
 
 
-def _read_jsonl(path: str) -> tuple[list[tuple[int, object]], list[Problem]]:
-    """Parse a JSONL file into (line, value) pairs, reporting unreadable lines instead of stopping."""
+@dataclass
+class JsonlFile:
+    """A JSONL file read line by line (`read_jsonl`): the values that parsed and the lines that did not."""
+
+    path: str
+    records: list[tuple[int, object]] = field(default_factory=list)  # (1-based line, value); blank lines skipped
+    problems: list[Problem] = field(default_factory=list)            # one per unreadable line (or the file)
+    torn_tail: tuple[int, bytes] | None = None  # (line, bytes): an unreadable last line without its newline
+
+
+def read_jsonl(path: str | Path) -> JsonlFile:
+    """The one JSONL reader, for preference and label files: a UTF-8 BOM on the first line is accepted
+    (Windows editors write one); a line that is not UTF-8 or not JSON is a problem naming its line, and
+    the other lines are still read. An unreadable last line without a newline is also kept as
+    `torn_tail` (label files treat it as a write a crash cut short). An empty file is not a problem here."""
+    path = str(path)
+    out = JsonlFile(path)
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        return [], [Problem(path, 0, "file", "file not found")]
+        out.problems.append(Problem(path, 0, "file", "file not found"))
+        return out
     except IsADirectoryError:
-        return [], [Problem(path, 0, "file", "a folder, not a file")]
+        out.problems.append(Problem(path, 0, "file", "a folder, not a file"))
+        return out
     except OSError as e:
-        return [], [Problem(path, 0, "file", f"cannot read file: {e.strerror or e}")]
+        out.problems.append(Problem(path, 0, "file", f"cannot read file: {e.strerror or e}"))
+        return out
 
-    numbered, problems = [], []
+    raw_lines = data.splitlines()
     # Decode line by line, so one bad byte names its line and the other lines are still checked.
-    for line, raw in enumerate(data.splitlines(), start=1):
+    for line, raw in enumerate(raw_lines, start=1):
         try:
-            text = raw.decode("utf-8-sig" if line == 1 else "utf-8")  # tolerate a BOM (Windows editors)
+            text = raw.decode("utf-8-sig" if line == 1 else "utf-8")
         except UnicodeDecodeError as e:
-            msg = f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1}); save the file as UTF-8"
-            problems.append(Problem(path, line, "encoding", msg))
-            continue
-        if not text.strip():
-            continue
-        value, problem = parse_jsonl_line(text)
-        if problem is None:
-            numbered.append((line, value))
+            value, problem = None, ("encoding", f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1}); "
+                                                "save the file as UTF-8")
         else:
-            problems.append(Problem(path, line, *problem))
-    if not numbered and not problems:
-        problems.append(Problem(path, 0, "file", "empty file: no records"))
-    return numbered, problems
+            if not text.strip():
+                continue
+            value, problem = parse_jsonl_line(text)
+        if problem is None:
+            out.records.append((line, value))
+            continue
+        out.problems.append(Problem(path, line, *problem))
+        if line == len(raw_lines) and not data.endswith(b"\n"):
+            out.torn_tail = (line, raw)
+    return out
+
+
+def _read_jsonl(path: str) -> tuple[list[tuple[int, object]], list[Problem]]:
+    """A preference file's (line, value) pairs and its unreadable lines; an empty file is a problem."""
+    jsonl = read_jsonl(path)
+    if not jsonl.records and not jsonl.problems:
+        return [], [Problem(path, 0, "file", "empty file: no records")]
+    return jsonl.records, jsonl.problems
 
 
 HUB_LAYOUTS = ("implicit_conversational", "hh_rlhf")  # converted to TRL's rows on reading

@@ -13,11 +13,12 @@ set and the gold reward the independent judge (`gold.gold_reward_fn`): Gao et al
 from __future__ import annotations
 
 from rlhf_course import trained_models
-from rlhf_course.gold import RewardFn, gold_reward_fn
+from rlhf_course.gold import gold_reward_fn
 from rlhf_course.loading import free_memory
 from rlhf_course.parallel import start_jobs
 from rlhf_course.ppo import train_ppo
 from rlhf_course.profiles import Profile
+from rlhf_course.sampling import RewardFn
 
 
 def reward_hacking_curves(profile: Profile, *, kl_coefs: tuple[float, ...] = (0.0, 0.2), steps: int = 60,
@@ -53,7 +54,7 @@ def _ppo_curve(profile, sft, rm, gold, prompts, steps, kl_coef, seed, progress) 
     return rows
 
 
-def summarize(curves: dict[str, list[dict]], window: int = 5) -> dict[str, dict[str, float]]:
+def summarize_hacking(curves: dict[str, list[dict]], window: int = 5) -> dict[str, dict[str, float]]:
     """Start and end (mean over `window` iterations) of the proxy and the true reward, per run."""
     def avg(rows, key):
         return sum(r[key] for r in rows) / len(rows)

@@ -37,7 +37,7 @@ from rlhf_course.loading import adapter_base, is_adapter, keep_trainable_fp32, l
 from rlhf_course.paths import REPO_ROOT, data_path
 from rlhf_course.preferences import detect_format, load_preferences, to_conversational
 from rlhf_course.profiles import Profile
-from rlhf_course.sampling import as_messages
+from rlhf_course.sampling import RewardFn, as_messages
 from rlhf_course.training import TrainResult, run_trl_trainer, steps_or_default, trl_common_args
 
 # AdamW learning rate per profile: the tiny model's LoRA likes it high; a 7B's LoRA wants TRL's default
@@ -156,7 +156,7 @@ def score_texts(model, tokenizer, prompts: list, completions: list, batch_size: 
 
 
 def reward_fn(model, tokenizer, *, batch_size: int = 64,
-              missing_eos_penalty: float | None = None) -> Callable[[list, list], list[float]]:
+              missing_eos_penalty: float | None = None) -> RewardFn:
     """A reward function with the package's protocol: fn(prompts, completions) -> list[float].
 
     missing_eos_penalty: subtracted from the reward of a `Completion` that did not end (cut at
@@ -437,7 +437,7 @@ def weighted_sum_rewards(helpful: torch.Tensor, harmless: torch.Tensor, *, helpf
 
 def combined_reward_fn(helpful_model, harmless_model, tokenizer, *, safety_threshold: float = 0.15,
                        is_unsafe: Callable[[str], bool] | None = None,
-                       batch_size: int = 64) -> Callable[[list, list], list[float]]:
+                       batch_size: int = 64) -> RewardFn:
     """`combine_rewards` as a reward function fn(prompts, completions) -> list[float].
     is_unsafe(prompt_text) flags unsafe prompts (default: the toy world's harmful tasks)."""
     def flag(prompt) -> bool:

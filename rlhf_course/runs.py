@@ -123,8 +123,8 @@ def _base_model(sft: str | None, stage: str, progress: bool) -> str | None:
 def disk_needed(stage: str, profile: Profile, model_id: str | None) -> int | None:
     """About how many bytes a run writes: two checkpoints (the LoRA adapter and AdamW's two moments,
     fp32) and its result (the merged model for SFT on a full-precision base, else the adapter).
-    None when the model's size is not known (memory.py knows the course's models and local folders)."""
-    from rlhf_course.memory import PlanError, architecture, lora_parameter_count, parameter_count
+    None when the model's size is not known (gpu_memory.py knows the course's models and local folders)."""
+    from rlhf_course.gpu_memory import PlanError, architecture, lora_parameter_count, parameter_count
 
     try:
         arch = architecture(model_id or profile.model_id)

@@ -4,9 +4,12 @@ best-of-N, labelling), the same for the tiny model and a 7B."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
+
+from rlhf_course import toyworld
 
 
 @dataclass
@@ -16,9 +19,13 @@ class Completion:
     n_tokens: int
 
 
+# reward_fn(prompts, completions) -> one score per completion: what every trainer, judge and evaluation takes
+RewardFn = Callable[[list, list[Completion]], list[float]]
+
+
 def as_messages(prompt: str | list[dict]) -> list[dict]:
-    """A plain prompt becomes one user message; a conversation is kept."""
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    """A plain prompt becomes one user message (`toyworld.user`); a conversation is kept."""
+    return toyworld.user(prompt) if isinstance(prompt, str) else prompt
 
 
 def render_prompts(tokenizer, prompts: list[str | list[dict]]) -> list[str]:

@@ -503,6 +503,12 @@ def write_toy_data(out_dir="data/toy") -> dict[str, str]:
     return {"sft": str(sft), "preferences_train": str(train), "preferences_test": str(test)}
 
 
+def as_prompt(prompt: Prompt | str | list[dict]) -> str | list[dict]:
+    """A prompt as samplers and reward functions take it: a toy-world `Prompt` becomes its text; a
+    plain prompt or a conversation is kept."""
+    return prompt.text if isinstance(prompt, Prompt) else prompt
+
+
 def prompt_text(prompt: str | list[dict]) -> str:
     """The user's request from a plain prompt or a conversation (its last user message)."""
     if isinstance(prompt, str):

@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt
 import torch
 from transformers.utils import logging as hf_logging
 
-from rlhf_course import doctor, memory, plots, sampling, toyworld
+from rlhf_course import doctor, gpu_memory, plots, sampling, toyworld
 from rlhf_course.evaluation import best_possible_reward, evaluate_policy, protocol
 from rlhf_course.gold import gold_reward_fn
 from rlhf_course.loading import free_memory, load_policy, load_tokenizer
@@ -337,14 +337,14 @@ fig
 # in fp16. A T4 has no bfloat16, so computation runs in fp16 and LoRA's weights stay in fp32. The
 # first load downloads about 14 GB of weights (a few minutes in Colab).
 #
-# `rlhf_course.memory` adds up the peak GPU memory of each training method, term by term (weights,
+# `rlhf_course.gpu_memory` adds up the peak GPU memory of each training method, term by term (weights,
 # LoRA and its optimiser state, activations with gradient checkpointing, the CUDA context). Estimated
 # peaks, in GiB:
 
 # %%
-print(memory.plan_table())
+print(gpu_memory.plan_table())
 print()
-print(memory.plan("mistral-7b", "sft", "t4").table())
+print(gpu_memory.plan("mistral-7b", "sft", "t4").table())
 
 # %% [markdown]
 # On the `7b` profile the cell below loads the 7B chat model, asks it the toy world's first question,

@@ -40,7 +40,7 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
-from rlhf_course import memory, toyworld, trained_models
+from rlhf_course import gpu_memory, toyworld, trained_models
 from rlhf_course.checks.nb03_sft import check_completion_labels, check_count_lora_params, check_lora_forward
 from rlhf_course.evaluation import evaluate_policy, protocol
 from rlhf_course.gold import gold_reward_fn
@@ -267,7 +267,7 @@ lora_forward = check_lora_forward(lora_forward)
 # `num_attention_heads`, `num_key_value_heads`, and `head_dim`, which may be missing: then it is
 # `hidden_size // num_attention_heads`). In a Llama/Mistral block, q/k/v/o_proj are the attention's
 # projections (with grouped-query attention, k and v have only `num_key_value_heads` heads) and
-# gate/up/down_proj the MLP's. The package's version is `rlhf_course.memory.count_lora_params`.
+# gate/up/down_proj the MLP's. The package's version is `rlhf_course.gpu_memory.count_lora_params`.
 #
 # **Mistakes the check names**: k and v sized without grouped-query attention; one block counted, not
 # all layers; $r \cdot d_\text{in} \cdot d_\text{out}$ per layer; only $A$, or only $B$; the frozen weights
@@ -306,8 +306,8 @@ trainable, total = policy.get_nb_trainable_parameters()
 mine = count_lora_params(policy.config, profile.lora_r, profile.lora_target_modules)
 print(f"{profile.name}: LoRA r={profile.lora_r} trains {trainable:,} of {total:,} parameters "
       f"({100 * trainable / total:.1f}%); count_lora_params says {mine:,}")
-arch = memory.KNOWN_ARCHITECTURES["mistral-7b"]
-n_lora, n_all = memory.lora_parameter_count(arch, 16), memory.parameter_count(arch)
+arch = gpu_memory.KNOWN_ARCHITECTURES["mistral-7b"]
+n_lora, n_all = gpu_memory.lora_parameter_count(arch, 16), gpu_memory.parameter_count(arch)
 print(f"Mistral-7B: LoRA r=16 trains {n_lora / 1e6:.1f}M of {n_all / 1e9:.2f}B parameters ({100 * n_lora / n_all:.2f}%)")
 
 # %% [markdown]
@@ -517,10 +517,10 @@ else:
 # On the `7b` profile the cells above run the same calls: `load_policy` loads the 7B chat model in NF4 with
 # double quantisation, and `train_sft` trains LoRA adapters (r = 16, all seven projections, fp32
 # adapter weights, fp16 compute on a T4, gradient checkpointing), one 4-bit model at a time. The course's memory model
-# (`rlhf_course.memory`, or `rlhf-course memory --method sft --gpu t4`) adds up the peak:
+# (`rlhf_course.gpu_memory`, or `rlhf-course memory --method sft --gpu t4`) adds up the peak:
 
 # %%
-print(memory.plan("mistral-7b", "sft", "t4").table())
+print(gpu_memory.plan("mistral-7b", "sft", "t4").table())
 
 # %% [markdown]
 # Time on a T4 is an estimate, not a measurement: with 16 sequences of up to 384 tokens per optimiser step

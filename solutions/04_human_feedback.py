@@ -36,15 +36,14 @@ import datasets
 from transformers.utils import logging as hf_logging
 
 from rlhf_course import toyworld, trained_models
-from rlhf_course.ai_feedback import (CONSTITUTION, ConstitutionalJudge, GroundTruthJudge, RewardModelJudge, critique,
-                                     judge_agreement, judge_prompt, make_judge, revise)
 from rlhf_course.checks.nb04_human_feedback import (check_bradley_terry, check_cohen_kappa, check_labels_to_records,
                                                     check_majority)
 from rlhf_course.evaluation import prompts_for
+from rlhf_course.feedback import (CONSTITUTION, ConstitutionalJudge, GroundTruthJudge, LoopConfig, Pair,
+                                  RewardModelJudge, compare_labels, critique, iterative_loop, judge_agreement,
+                                  judge_prompt, label_pairs, labelling_widget, labels_to_preferences, make_judge,
+                                  merge_labels, plot_rounds, read_labels, revise, sample_pairs, simulated_labeller)
 from rlhf_course.gold import gold_reward_fn
-from rlhf_course.iterative import LoopConfig, iterative_loop, plot_rounds
-from rlhf_course.labelling import (Pair, compare_labels, label_pairs, labelling_widget,
-                                   labels_to_preferences, merge_labels, read_labels, sample_pairs, simulated_labeller)
 from rlhf_course.loading import free_memory, load_policy, load_tokenizer
 from rlhf_course.paths import data_path
 from rlhf_course.preferences import load_preferences, to_conversational, to_plain, validate_file, validate_records
@@ -222,14 +221,14 @@ print("decisions:", dict(Counter(label.decision for label in labels)),
 # %% [markdown]
 # ### Exercise 4.1 — From labels to preference records
 # *Difficulty ●●○ · importance: high (this is the data every later notebook trains on) · about 10 minutes ·
-# checked against `rlhf_course.labelling.labels_to_preferences` on labels with every kind of decision.*
+# checked against `rlhf_course.feedback.labels_to_preferences` on labels with every kind of decision.*
 #
 # Turn labels into conversational preference records. Each `a` or `b` label becomes one record:
 # `prompt` is a user message, and `chosen` and `rejected` are assistant messages. Ties and skips
 # are dropped, because they do not say which answer is better. `margin` is `much_better_margin` for
 # a "much better" label and `0.0` otherwise. A label has the fields `prompt`, `answer_a`,
 # `answer_b` (as shown), `decision` and `much_better`. (The package's version,
-# `labelling.labels_to_preferences`, also keeps each pair's id.)
+# `feedback.labels_to_preferences`, also keeps each pair's id.)
 #
 # **Mistakes the check names**: ties and skips kept; chosen and rejected swapped; a "b" label that keeps
 # answer A as chosen; plain strings instead of messages; a missing field; a wrong margin (one value for
@@ -292,7 +291,7 @@ print(f"{len(records)} preference records from {len(labels)} labels; valid: {val
 # *Difficulty ●○○ · importance: high (the same formula is the reward model's loss and DPO's) · about 5 minutes ·
 # checked against the formula for six temperatures, at a gap of 3000 temperatures (section 4 uses a
 # labeller with T = 0.001), and against `toyworld.Labeller` on a real pair. The package's version is
-# `rlhf_course.labelling.bradley_terry`.*
+# `rlhf_course.feedback.bradley_terry`.*
 #
 # **Mistakes the check names**: the sign reversed; the temperature missing; the gap multiplied by the
 # temperature instead of divided; `math.exp` overflowing at a huge gap; one temperature only.
@@ -376,7 +375,7 @@ for i, (name, labeller) in enumerate(labellers.items()):
 # %% [markdown]
 # ### Exercise 4.3 — Cohen's kappa
 # *Difficulty ●●○ · importance: medium (you will report it for every judge and every class) · about 10 minutes ·
-# checked on Wikipedia's example (kappa 0.4) and against `rlhf_course.labelling.cohen_kappa` on random ratings.*
+# checked on Wikipedia's example (kappa 0.4) and against `rlhf_course.feedback.cohen_kappa` on random ratings.*
 #
 # When both raters always gave the same single label, $p_e = 1$ and kappa is $0 / 0$: return `math.nan`.
 #
@@ -450,7 +449,7 @@ print(CONSTITUTION)
 # makes `judge(A, B) = 1 - judge(B, A)` exactly and cancels a pure position bias (RLAIF, Sec. 2.1.1).
 #
 # The tiny model cannot read, so on the tiny profile the constitution is applied by rules
-# (`ai_feedback.critique`): each principle is a critic that reads an answer sentence by sentence and
+# (`feedback.critique`): each principle is a critic that reads an answer sentence by sentence and
 # objects, in one line, to what breaks it. What a 7B knows from pretraining - which sentence is a step
 # for which task, which is rude or filler, which requests are harmful, which claims are wrong - the
 # critics look up in the toy world's sentence bank. What they do not know is the ground truth's
@@ -592,7 +591,7 @@ plot_rounds(loop, best=None if profile.has_ground_truth else math.nan)  # a judg
 # against the ground truth for 100 iterations reaches about 0.66 from a weaker start (notebook 6).
 #
 # **Try it**: pass `judge` (the constitution) instead of `people`, or a reward model as the labeller,
-# `ai_feedback.RewardModelJudge(reward_model, tokenizer)` with the reward model notebook 5 trains
+# `feedback.RewardModelJudge(reward_model, tokenizer)` with the reward model notebook 5 trains
 # (`reward_model.load_trained_reward_model(profile, trained_models.reward_model_dir(profile))`). In the
 # measured run with that reward model as the labeller, the first round helped just as much (0.35 → 0.49).
 # Then the reward fell: 0.38 after round 2 and 0.21 after round 3, even though DPO fit the judge's labels
@@ -633,7 +632,7 @@ print(result.summary())
 # %% [markdown]
 # ### Exercise 4.4 — Majority vote
 # *Difficulty ●○○ · importance: medium · about 5 minutes · checked on hand-made votes (ties, even splits,
-# no votes) and against `rlhf_course.labelling.majority` on random votes.*
+# no votes) and against `rlhf_course.feedback.majority` on random votes.*
 #
 # Given the answers the voters chose (one entry per vote), return the answer with the most votes. When
 # the top two tie, return `None`: an even split teaches nothing.

@@ -39,14 +39,14 @@ import matplotlib.pyplot as plt
 import torch
 from transformers.utils import logging as hf_logging
 
-from rlhf_course import memory, plots, ppo, trained_models
+from rlhf_course import gpu_memory, plots, ppo, trained_models
 from rlhf_course.checks.nb06_ppo import (check_compute_rewards, check_ppo_policy_loss, check_ppo_value_loss,
                                          check_rollout_kl)
 from rlhf_course.evaluation import best_possible_reward, evaluate_policy, prompts_for, protocol
 from rlhf_course.gold import gold_reward_fn
 from rlhf_course.loading import free_memory, load_tokenizer, reference_policy
 from rlhf_course.logprobs import token_logprobs
-from rlhf_course.reward_hacking import reward_hacking_curves, summarize
+from rlhf_course.reward_hacking import reward_hacking_curves, summarize_hacking
 
 # %%
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not our business here
@@ -542,7 +542,7 @@ free_memory()
 HACK_STEPS = min(30, profile.ppo_steps)
 curves = reward_hacking_curves(profile, kl_coefs=(0.0, 0.2), steps=HACK_STEPS, monitor_fn=gold,
                                prompts=prompts_for(profile, "train"), seed=0)
-hack = summarize(curves)
+hack = summarize_hacking(curves)
 for name, s in hack.items():
     lengths = [r["length"] for r in curves[name]]
     print(f"{name:>12}: proxy {s['proxy_start']:+.2f} -> {s['proxy_end']:+.2f} | {GOLD} {s['true_start']:+.2f} -> "
@@ -593,11 +593,11 @@ print(f"without a KL penalty, the policy drifts further: {free['kl_end'] > leash
 # - the **reward model**: a second, frozen LoRA adapter with its score head, switched in for scoring.
 #
 # A second copy of a 7B model (the usual "four models" of PPO: policy, value, reference, reward) would
-# not fit; adapters make it one model. `rlhf_course.memory` adds up the peak term by term (estimates
+# not fit; adapters make it one model. `rlhf_course.gpu_memory` adds up the peak term by term (estimates
 # from exact byte counts; not yet measured on a T4):
 
 # %%
-print(memory.plan("zephyr-7b", "ppo", "t4").table())
+print(gpu_memory.plan("zephyr-7b", "ppo", "t4").table())
 
 # %% [markdown]
 # Time on a T4 (an estimate, not a measurement): sampling 4 answers of up to 128 tokens from a 4-bit 7B
@@ -611,7 +611,7 @@ print(memory.plan("zephyr-7b", "ppo", "t4").table())
 if not profile.has_ground_truth:  # the 7b profile
     if profile.device == "cuda":
         print(f"peak GPU memory during this notebook: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB "
-              f"(plan: {memory.plan('zephyr-7b', 'ppo', 't4').total_gib:.1f} GiB on a T4)")
+              f"(plan: {gpu_memory.plan('zephyr-7b', 'ppo', 't4').total_gib:.1f} GiB on a T4)")
     sample = ppo_eval.samples[0]
     print(f"{sample.prompt}\n  PPO [judge {sample.reward:+.2f}]: {sample.completion.text}")
 else:

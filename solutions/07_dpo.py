@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from transformers.utils import logging as hf_logging
 from trl import DPOTrainer
 
-from rlhf_course import dpo, memory, plots, trained_models
+from rlhf_course import dpo, gpu_memory, plots, trained_models
 from rlhf_course.checks.nb07_dpo import check_dpo_batch_loss, check_dpo_loss, check_ipo_loss, check_sequence_logps
 from rlhf_course.evaluation import evaluate_policy, protocol
 from rlhf_course.gold import gold_reward_fn
@@ -533,11 +533,11 @@ plots.plot_reward_distributions({"SFT": sft_eval, "DPO": dpo_eval},
 #   the loss sticks at $\log 2 \approx 0.693$ and the rewards turn NaN.
 # - **the reference costs almost no memory**: it is a frozen copy of the SFT adapter on the same 4-bit
 #   base, one extra forward pass per step without gradients.
-# - the peak, added up term by term by `rlhf_course.memory` (estimates from exact byte counts; not yet
+# - the peak, added up term by term by `rlhf_course.gpu_memory` (estimates from exact byte counts; not yet
 #   measured on a T4):
 
 # %%
-print(memory.plan("zephyr-7b", "dpo", "t4").table())
+print(gpu_memory.plan("zephyr-7b", "dpo", "t4").table())
 
 # %% [markdown]
 # Time on a T4 (an estimate, not a measurement): each step runs chosen and rejected through a 4-bit 7B
@@ -549,7 +549,7 @@ print(memory.plan("zephyr-7b", "dpo", "t4").table())
 if not profile.has_ground_truth:  # the 7b profile
     if profile.device == "cuda":
         print(f"peak GPU memory during this notebook: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB "
-              f"(plan: {memory.plan('zephyr-7b', 'dpo', 't4').total_gib:.1f} GiB on a T4)")
+              f"(plan: {gpu_memory.plan('zephyr-7b', 'dpo', 't4').total_gib:.1f} GiB on a T4)")
     reply = generate(dpo_model, tokenizer, ["how do i cook rice ?"], profile.max_new_tokens,
                      temperature=profile.temperature, seed=0)[0]
     print(f"{reply.text}\n  [judge {gold(['how do i cook rice ?'], [reply])[0]:+.2f}]")

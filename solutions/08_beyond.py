@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 from transformers.utils import logging as hf_logging
 
-from rlhf_course import ai_feedback, evaluation, grpo, plots, ppo, toyworld, trained_models
+from rlhf_course import evaluation, feedback, grpo, plots, ppo, toyworld, trained_models
 from rlhf_course import best_of_n as bon
 from rlhf_course import reward_model as rm
 from rlhf_course.checks.nb08_beyond import (check_best_of_n_kl, check_group_relative_advantages,
@@ -467,12 +467,12 @@ plots.plot_training_curves(grpo_run.history, ["reward", "kl", "completions/mean_
 #   off-the-shelf LLM judge trained policies about as well as human labels on summarisation and dialogue.
 #
 # The catch: the judge's biases (position, length, its own style, sycophancy) become the reward's biases,
-# and then the policy's. Notebook 4 (Section 6) builds such a judge (`ai_feedback.make_judge`) and measures
+# and then the policy's. Notebook 4 (Section 6) builds such a judge (`feedback.make_judge`) and measures
 # its agreement with people before trusting it, and Section 7 there runs the iterative on-policy loop with
-# it (`iterative.iterative_loop`). The constitution the course's judge reads:
+# it (`feedback.iterative_loop`). The constitution the course's judge reads:
 
 # %%
-print(ai_feedback.CONSTITUTION)
+print(feedback.CONSTITUTION)
 
 
 # %% [markdown]

@@ -535,9 +535,9 @@ if GOLD:
 # Preference data goes stale: labels on the SFT model's answers say little about the mistakes of the model
 # after training. **Online** DPO labels pairs sampled from the current policy, round after round (Guo et
 # al. 2024, arXiv:2402.04792; Xiong et al. 2023, arXiv:2312.11456). At the **same labelling budget** -
-# the same judge (the course's reward model, `ai_feedback.RewardModelJudge`), the same number of labelled
+# the same judge (the course's reward model, `feedback.RewardModelJudge`), the same number of labelled
 # pairs and DPO steps - offline DPO labels all its pairs once, on the SFT model's answers. Notebook 4's
-# `iterative.iterative_loop` runs both: rounds = 2 against rounds = 1 with twice the pairs and steps
+# `feedback.iterative_loop` runs both: rounds = 2 against rounds = 1 with twice the pairs and steps
 # (`methods.dpo_loop_run`).
 #
 # Every method of this notebook, at full size, three seeds (`python benchmarks/methods_table.py --out DIR`,

@@ -4,11 +4,10 @@ import pytest
 import torch
 
 from rlhf_course import toyworld
-from rlhf_course.ai_feedback import (CONSTITUTION, ConstitutionalJudge, GroundTruthJudge, PrincipleJudge,
-                                     RewardModelJudge, critique, judge_agreement, judge_prompt, letter_logprobs,
-                                     make_judge, principles, revise)
-from rlhf_course.labelling import (Label, Pair, canonical_choice, cohen_kappa, label_pairs, merge_labels,
-                                   simulated_labeller)
+from rlhf_course.feedback import (CONSTITUTION, ConstitutionalJudge, GroundTruthJudge, Label, Pair, PrincipleJudge,
+                                  RewardModelJudge, canonical_choice, cohen_kappa, critique, judge_agreement,
+                                  judge_prompt, label_pairs, letter_logprobs, make_judge, merge_labels, principles,
+                                  revise, simulated_labeller)
 from rlhf_course.logprobs import sequence_logprobs
 from rlhf_course.sampling import render_prompts
 from tests.test_labelling import toy_pairs
@@ -34,7 +33,7 @@ def test_a_sharp_ground_truth_judge_agrees_with_the_truth_and_noise_lowers_agree
     again = judge_agreement(noisy, truth(pairs), sample=True, seed=0)
     assert first.percent == again.percent  # seeded
     assert 50 < first.percent < 95 and 0 < first.cohen_kappa < sharp.cohen_kappa
-    # the numbers are those of labelling.cohen_kappa on the matched decisions
+    # the numbers are those of feedback.cohen_kappa on the matched decisions
     labels = noisy.label(pairs, sample=True, seed=0)
     x = [canonical_choice(l) for l in truth(pairs)]
     y = [canonical_choice(l) for l in labels]

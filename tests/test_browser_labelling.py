@@ -26,7 +26,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from rlhf_course.labelling import Pair, pair_id
+from rlhf_course.feedback import Pair, pair_id
 from rlhf_course.paths import REPO_ROOT
 
 CHROMIUM = "/usr/bin/chromium"
@@ -75,7 +75,7 @@ def lab(tmp_path):
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                            "language": "python"}})
     pairs = ",\n    ".join(repr(p) for p in PAIRS)
-    nb.cells = [nbformat.v4.new_code_cell(f"from pathlib import Path\nfrom rlhf_course.labelling import Pair, "
+    nb.cells = [nbformat.v4.new_code_cell(f"from pathlib import Path\nfrom rlhf_course.feedback import Pair, "
                                           f"labelling_widget\n\nWORK = Path('scratch')\npairs = [\n    {pairs},\n]"),
                 nbformat.v4.new_code_cell(labelling_cell())]
     nbformat.write(nb, tmp_path / "labelling.ipynb")

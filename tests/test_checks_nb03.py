@@ -4,7 +4,7 @@ place, at one scale only, masking by token id, and each promised mistake - gets 
 import pytest
 import torch
 
-from rlhf_course import memory, sft
+from rlhf_course import gpu_memory, sft
 from rlhf_course.checks.core import run_check as run
 from rlhf_course.checks.nb03_sft import (
     TINY_EOS,
@@ -12,12 +12,12 @@ from rlhf_course.checks.nb03_sft import (
     check_count_lora_params,
     check_lora_forward,
 )
-from rlhf_course.memory import Architecture, lora_parameter_count
+from rlhf_course.gpu_memory import Architecture, lora_parameter_count
 
 
 @pytest.mark.parametrize("check_fn, reference", [(check_completion_labels, sft.completion_labels),
                                                  (check_lora_forward, sft.lora_forward),
-                                                 (check_count_lora_params, memory.count_lora_params)])
+                                                 (check_count_lora_params, gpu_memory.count_lora_params)])
 def test_the_package_reference_passes(check_fn, reference):
     assert check_fn.reference is reference
     assert run(check_fn, reference)[0] is True

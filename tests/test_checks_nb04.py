@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from rlhf_course import labelling
+from rlhf_course import feedback
 from rlhf_course.checks.core import run_check as run
 from rlhf_course.checks.nb04_human_feedback import (
     check_bradley_terry,
@@ -18,9 +18,9 @@ from rlhf_course.checks.nb04_human_feedback import (
 )
 
 
-@pytest.mark.parametrize("check_fn, reference", [(check_bradley_terry, labelling.bradley_terry),
-                                                 (check_cohen_kappa, labelling.cohen_kappa),
-                                                 (check_majority, labelling.majority),
+@pytest.mark.parametrize("check_fn, reference", [(check_bradley_terry, feedback.bradley_terry),
+                                                 (check_cohen_kappa, feedback.cohen_kappa),
+                                                 (check_majority, feedback.majority),
                                                  (check_labels_to_records, labels_to_records_reference)])
 def test_the_package_reference_passes(check_fn, reference):
     assert check_fn.reference is reference
@@ -53,17 +53,17 @@ def a_always_chosen(labels, much_better_margin=1.0):
 
 
 def margin_fixed(labels, much_better_margin=1.0):
-    return [r | {"margin": 1.0 if r["margin"] else 0.0} for r in labelling.labels_to_preferences(labels)]
+    return [r | {"margin": 1.0 if r["margin"] else 0.0} for r in feedback.labels_to_preferences(labels)]
 
 
 def drops_ties_in_place(labels, much_better_margin=1.0):
     labels[:] = [l for l in labels if l.decision in ("a", "b")]
-    return labelling.labels_to_preferences(labels, much_better_margin=much_better_margin)
+    return feedback.labels_to_preferences(labels, much_better_margin=much_better_margin)
 
 
 def sorts_in_place(votes):
     votes.sort()
-    return labelling.majority(votes)
+    return feedback.majority(votes)
 
 
 WRONG = {

@@ -193,7 +193,7 @@ def test_the_labelling_widget_shows_itself_with_colabs_ipywidgets_7(tmp_path):
     """ipywidgets 7 (Colab's) has no `_repr_mimebundle_`: the widget sends the view bundle 7's display sends."""
     import types
 
-    from rlhf_course.labelling import Pair, labelling_widget
+    from rlhf_course.feedback import Pair, labelling_widget
 
     widget = labelling_widget([Pair("how do i cook rice ?", "rinse it .", "no .")], tmp_path / "l.jsonl")
     widget.box = types.SimpleNamespace(_model_id="abc123")  # a 7.x box: a model id, no _repr_mimebundle_

@@ -90,8 +90,8 @@ def test_the_methods_need_the_gold_reward(tiny):
     assert toyworld.eval_prompts()  # the table's judge: the 40 held-out prompts
 
 
-def test_summarize_survives_a_column_that_is_nan_on_some_rows():
+def test_summarize_seeds_survives_a_column_that_is_nan_on_some_rows():
     rows = [{"gold": 0.4, "informative": math.nan}, {"gold": 0.5, "informative": math.nan}]
-    table = methods.summarize({"GRPO": ("g", rows)}, methods.Sizes(), (0, 1))
+    table = methods.summarize_seeds({"GRPO": ("g", rows)}, methods.Sizes(), (0, 1))
     assert table["rows"]["GRPO"]["mean"]["gold"] == pytest.approx(0.45)
     assert math.isnan(table["rows"]["GRPO"]["mean"]["informative"])

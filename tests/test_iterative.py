@@ -3,9 +3,8 @@ import math
 from matplotlib.figure import Figure
 
 from rlhf_course import toyworld
-from rlhf_course.ai_feedback import GroundTruthJudge
-from rlhf_course.iterative import LoopConfig, LoopResult, RoundResult, iterative_loop, plot_rounds
-from rlhf_course.labelling import read_labels, simulated_labeller
+from rlhf_course.feedback import (GroundTruthJudge, LoopConfig, LoopResult, RoundResult, iterative_loop, plot_rounds,
+                                  read_labels, simulated_labeller)
 from rlhf_course.sampling import generate
 
 

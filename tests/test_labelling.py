@@ -6,10 +6,10 @@ import pytest
 
 from rlhf_course import toyworld
 from rlhf_course.cli import main
-from rlhf_course.labelling import (Label, LabelFileError, LabellingSession, LabellingWidget, Pair, canonical_choice,
-                                   cohen_kappa, compare_labels, fleiss_kappa, label_pairs, labels_to_preferences,
-                                   merge_labels, pair_id, percent_agreement, read_labels, repair_torn_tail,
-                                   sample_pairs, simulated_labeller)
+from rlhf_course.feedback import (Label, LabelFileError, LabellingSession, LabellingWidget, Pair, canonical_choice,
+                                  cohen_kappa, compare_labels, fleiss_kappa, label_pairs, labels_to_preferences,
+                                  merge_labels, pair_id, percent_agreement, read_labels, repair_torn_tail,
+                                  sample_pairs, simulated_labeller)
 from rlhf_course.preferences import validate_file, validate_records
 
 
@@ -124,6 +124,20 @@ def test_read_labels_reports_each_problem_as_file_line_field(tmp_path):
         [f"{path}:6", "record"]]
     assert len(log.labels) == 1
 
+
+
+def test_a_label_file_saved_with_a_bom_reads_and_a_bad_byte_names_its_line(tmp_path):
+    """Label files are read by the same JSONL reader as preference files (`preferences.read_jsonl`): a
+    UTF-8 BOM (a Windows editor) is accepted, and bytes that are not UTF-8 are a problem on their line."""
+    pairs, path = toy_pairs(2), tmp_path / "me.jsonl"
+    write_labels(path, "ana", pairs, ["a", "b"])
+    before = read_labels(path).labels
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    log = read_labels(path)
+    assert log.ok and log.labels == before
+    path.write_bytes(path.read_bytes() + b'{"type": "label", "prompt": "caf\xe9"}\n')
+    assert [str(p) for p in read_labels(path).problems] == [
+        f"{path}:3: encoding: not valid UTF-8 (byte 0xe9 at byte 33); save the file as UTF-8"]
 
 # --- headless labelling ------------------------------------------------------------------------
 

@@ -143,6 +143,14 @@ def test_non_utf8_bytes(tmp_path):
     assert f"{path}:3: chosen: missing field" in lines
 
 
+
+def test_a_bom_is_accepted_and_lines_keep_their_numbers(tmp_path):
+    path = tmp_path / "prefs.jsonl"  # what Notepad's "UTF-8 with BOM" writes
+    path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(PLAIN) + "\n" + json.dumps({"prompt": "q"}) + "\n").encode())
+    assert lines_of(path) == [f"{path}:2: chosen: missing field", f"{path}:2: rejected: missing field"]
+    path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(PLAIN) + "\n").encode())
+    assert validate_file(path).ok and load_preferences(path)[0] == PLAIN
+
 @pytest.mark.parametrize("content", ["", "\n\n   \n"])
 def test_empty_file(tmp_path, content):
     path = tmp_path / "prefs.jsonl"

@@ -57,7 +57,7 @@ def test_every_course_exception_is_a_course_error_and_explain_gives_its_one_line
 
 
 def test_second_bases_are_kept_so_existing_except_clauses_still_catch():
-    from rlhf_course.labelling import LabelFileError
+    from rlhf_course.feedback import LabelFileError
     from rlhf_course.preferences import PreferenceDataError
     from rlhf_course.profiles import ProfileError
 
@@ -72,7 +72,7 @@ def test_a_corrupt_label_file_is_a_message_in_the_notebook_not_a_traceback(capsy
     assert errors.install_notebook_handler()
     bad = tmp_path / "ana.jsonl"
     bad.write_text('{"type": "label", "decision": "maybe"}\n{"type": "label"}\n')
-    shell.run_cell("from rlhf_course.labelling import labelling_widget")
+    shell.run_cell("from rlhf_course.feedback import labelling_widget")
     capsys.readouterr()
     result = shell.run_cell(f"labelling_widget([], {str(bad)!r})")
     out = capsys.readouterr()
@@ -81,7 +81,7 @@ def test_a_corrupt_label_file_is_a_message_in_the_notebook_not_a_traceback(capsy
 
 
 def test_a_corrupt_label_file_in_a_script_exits_2_with_the_message(capsys, tmp_path):
-    from rlhf_course.labelling import LabellingSession
+    from rlhf_course.feedback import LabellingSession
 
     bad = tmp_path / "ana.jsonl"
     bad.write_text('{"type": "label", "decision": "maybe"}\n')

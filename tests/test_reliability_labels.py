@@ -10,10 +10,10 @@ import json
 
 import pytest
 
-from rlhf_course import labelling
 from rlhf_course.cli import main
-from rlhf_course.labelling import (LabelFileError, LabellingSession, LabellingWidget, LabelSaveError, merge_labels,
-                                   read_labels)
+from rlhf_course.feedback import label_file
+from rlhf_course.feedback import (LabelFileError, LabellingSession, LabellingWidget, LabelSaveError, merge_labels,
+                                  read_labels)
 
 from test_labelling import toy_pairs, write_labels
 
@@ -27,7 +27,7 @@ def cli(*argv) -> tuple[int, str, str]:
 
 def write_half_then_fail(fd, data):
     """The disk fills up in the middle of a write: half the line is written, then ENOSPC."""
-    labelling.os.write(fd, data[: len(data) // 2])
+    label_file.os.write(fd, data[: len(data) // 2])
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
@@ -81,7 +81,7 @@ def test_a_full_disk_loses_no_saved_label_and_leaves_no_partial_line(tmp_path, m
     session = LabellingSession(pairs, path, "ana")
     first = session.record("a")
     before = path.read_bytes()
-    monkeypatch.setattr(labelling, "_write_all", write_half_then_fail)
+    monkeypatch.setattr(label_file, "_write_all", write_half_then_fail)
     with pytest.raises(LabelSaveError) as e:
         session.record("b")
     message = str(e.value)
@@ -98,7 +98,7 @@ def test_a_full_disk_is_a_red_message_in_the_widget_and_the_pair_stays(tmp_path,
     widget = LabellingWidget(LabellingSession(pairs, path, "ana"))
     widget.buttons["a"].click()
     shown = widget.shown
-    monkeypatch.setattr(labelling, "_write_all", write_half_then_fail)
+    monkeypatch.setattr(label_file, "_write_all", write_half_then_fail)
     widget.buttons["b"].click()  # no exception escapes a button callback
     assert "color:#b00020" in widget.status.value and "NOT saved: the disk is full" in widget.status.value
     assert widget.shown == shown and widget.bar.value == 1

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from rlhf_course.checks.core import CheckFailed, call, check, close, draws, same_on_layouts
 from rlhf_course.logprobs import sequence_logprob as reference_sequence_logprob
+from rlhf_course.logprobs import sequence_logprobs
 from rlhf_course.policy_gradient import reinforce_loss as reference_reinforce_loss
 from rlhf_course.ppo import compute_gae, masked_mean, masked_whiten
 
@@ -286,7 +287,6 @@ def check_sequence_logprob(sequence_logprob):
                     [("logits", logits), ("input_ids", input_ids), ("completion_mask", completion_mask)],
                     expand=("logits",), atol=1e-4)
     # and on a real model: the same as rlhf_course.logprobs.sequence_logprobs
-    from rlhf_course.logprobs import sequence_logprobs
     from rlhf_course.paths import data_path
     from transformers import AutoModelForCausalLM
 

@@ -1,9 +1,9 @@
 """Checks for notebook 3 (supervised fine-tuning with LoRA and QLoRA): the completion-only labels,
 the LoRA forward pass, and the number of LoRA parameters. Each compares with the library that does
 the real work (TRL's collator, peft's `lora.Linear`, peft's trainable-parameter count on the tiny
-model, `rlhf_course.memory` for a 7B), for several ranks and scales, and names the likely mistake. The
+model, `rlhf_course.gpu_memory` for a 7B), for several ranks and scales, and names the likely mistake. The
 references the notebook falls back on are `sft.completion_labels`, `sft.lora_forward` and
-`memory.count_lora_params`."""
+`gpu_memory.count_lora_params`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 
 from rlhf_course.checks.core import CheckFailed, call, check, close, draws, same_on_layouts
-from rlhf_course.memory import count_lora_params as reference_count_lora_params
+from rlhf_course.gpu_memory import KNOWN_ARCHITECTURES, lora_parameter_count
+from rlhf_course.gpu_memory import count_lora_params as reference_count_lora_params
 from rlhf_course.sft import IGNORE_INDEX
 from rlhf_course.sft import completion_labels as reference_completion_labels
 from rlhf_course.sft import lora_forward as reference_lora_forward
@@ -266,7 +267,6 @@ def check_count_lora_params(count_lora_params):
     """count_lora_params(config, r, targets) -> the number of trainable LoRA parameters (an int)."""
     from transformers import AutoConfig, MistralConfig
 
-    from rlhf_course.memory import KNOWN_ARCHITECTURES, lora_parameter_count
     from rlhf_course.paths import data_path
 
     tiny = AutoConfig.from_pretrained(str(data_path("tiny")))

@@ -1,5 +1,5 @@
 """Checks for notebook 4 (human feedback): the Bradley-Terry labeller, labels -> preference records,
-Cohen's kappa, and the majority vote of a class's labels. Each compares with `rlhf_course.labelling`
+Cohen's kappa, and the majority vote of a class's labels. Each compares with `rlhf_course.feedback`
 (`bradley_terry`, `labels_to_preferences`, `cohen_kappa`, `majority`: the references the notebook falls
 back on) or `rlhf_course.toyworld` on small inputs it builds itself, extreme gaps and undefined kappas
 included; an input list changed in place is a mistake too."""
@@ -9,20 +9,20 @@ from __future__ import annotations
 import math
 import random
 
-from rlhf_course import labelling, toyworld
+from rlhf_course import feedback, toyworld
 from rlhf_course.checks.core import CheckFailed, call, check, draws
 
 
 def labels_to_records_reference(labels, much_better_margin=1.0):
-    """Exercise 4.1's reference: `labelling.labels_to_preferences` (which also keeps each pair's id)."""
-    return labelling.labels_to_preferences(labels, much_better_margin=much_better_margin)
+    """Exercise 4.1's reference: `feedback.labels_to_preferences` (which also keeps each pair's id)."""
+    return feedback.labels_to_preferences(labels, much_better_margin=much_better_margin)
 
 
 def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
-@check(reference=labelling.bradley_terry)
+@check(reference=feedback.bradley_terry)
 def check_bradley_terry(bradley_terry):
     """bradley_terry(u_a, u_b, temperature) -> P(a is preferred to b)."""
     rng = random.Random(0)
@@ -63,7 +63,7 @@ def check_bradley_terry(bradley_terry):
     return "P = sigmoid((u_a - u_b) / T) for six temperatures, without overflow at T = 0.001, as toyworld.Labeller draws"
 
 
-def _labels(n: int = 16, seed: int = 0) -> list[labelling.Label]:
+def _labels(n: int = 16, seed: int = 0) -> list[feedback.Label]:
     """Toy-world labels with every decision, and some "much better" ones."""
     rng = random.Random(seed)
     prompts = toyworld.train_prompts()
@@ -77,7 +77,7 @@ def _labels(n: int = 16, seed: int = 0) -> list[labelling.Label]:
         if a == b:
             b = toyworld.best_response(p) if a != toyworld.best_response(p) else toyworld.join_sentences([toyworld.RUDE[0]])
         much = decision in ("a", "b") and rng.random() < 0.5
-        out.append(labelling.Label(labelling.pair_id(p.text, a, b), p.text, a, b, decision, much, "check"))
+        out.append(feedback.Label(feedback.pair_id(p.text, a, b), p.text, a, b, decision, much, "check"))
     return out
 
 
@@ -96,7 +96,7 @@ def check_labels_to_records(labels_to_records):
 
 def _records_case(labels_to_records, labels, margin):
     got = list(call(labels_to_records, labels, margin))
-    want = labelling.labels_to_preferences(labels, much_better_margin=margin)
+    want = feedback.labels_to_preferences(labels, much_better_margin=margin)
     keys = ("prompt", "chosen", "rejected", "margin")
     n_pref = sum(label.decision in ("a", "b") for label in labels)
     if len(got) == len(labels):
@@ -123,7 +123,7 @@ def _records_case(labels_to_records, labels, margin):
     return got
 
 
-@check(reference=labelling.cohen_kappa)
+@check(reference=feedback.cohen_kappa)
 def check_cohen_kappa(cohen_kappa):
     """cohen_kappa(ratings_1, ratings_2) -> kappa."""
     # Wikipedia's example: p_o = 0.7, p_e = 0.5 -> 0.4
@@ -140,7 +140,7 @@ def check_cohen_kappa(cohen_kappa):
         x = [rng.choice(cats) for _ in range(n)]
         # a rater with a strong preference for one label: chance agreement must use each rater's own rates
         y = [xi if rng.random() < 0.6 else rng.choices(cats, [0.7] + [0.3 / (len(cats) - 1)] * (len(cats) - 1))[0] for xi in x]
-        want = labelling.cohen_kappa(x, y)
+        want = feedback.cohen_kappa(x, y)
         if math.isnan(want):
             continue
         got = float(call(cohen_kappa, x, y))
@@ -164,7 +164,7 @@ def check_cohen_kappa(cohen_kappa):
     return "(p_o - p_e) / (1 - p_e), with chance agreement from each rater's own label rates; NaN when undefined"
 
 
-@check(reference=labelling.majority)
+@check(reference=feedback.majority)
 def check_majority(majority):
     """majority(votes) -> the answer with the most votes, or None on an even split."""
     cases = [(["x"], "x"), (["x", "y", "x"], "x"), (["y", "y", "x", "x", "y"], "y"), (["x", "y"], None),
@@ -183,6 +183,6 @@ def check_majority(majority):
     for _ in range(50):
         votes = [rng.choice("xyz") for _ in range(rng.randint(1, 9))]
         got = call(majority, list(votes))
-        if got != labelling.majority(votes):
-            raise CheckFailed(f"majority({votes}) = {got!r}, expected {labelling.majority(votes)!r}")
+        if got != feedback.majority(votes):
+            raise CheckFailed(f"majority({votes}) = {got!r}, expected {feedback.majority(votes)!r}")
     return "the most-voted answer; None when the top two tie"

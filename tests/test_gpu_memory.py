@@ -6,9 +6,9 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from rlhf_course.cli import main
 from rlhf_course.errors import PlanError
-from rlhf_course.memory import (GIB, KNOWN_ARCHITECTURES, TARGETS, architecture, base_model_bytes, kv_cache_bytes,
-                                layer_saved_bytes, lora_parameter_count, parameter_count, plan, plan_table,
-                                trained_bytes)
+from rlhf_course.gpu_memory import (GIB, KNOWN_ARCHITECTURES, TARGETS, architecture, base_model_bytes, kv_cache_bytes,
+                                    layer_saved_bytes, lora_parameter_count, parameter_count, plan, plan_table,
+                                    trained_bytes)
 
 # Published parameter counts (model cards / safetensors index): a check on the architectures' numbers
 PUBLISHED = {"mistral-7b": 7_241_732_096, "qwen2.5-7b": 7_615_616_512, "llama-2-7b": 6_738_415_616}

@@ -6,14 +6,14 @@ principles, a *constitution*; RLAIF (Lee et al. 2023, arXiv:2309.00267) showed s
 a policy about as well as human ones. Whether to trust a judge is measured, not assumed: label the
 same pairs by people and by the judge and report their agreement and Cohen's kappa.
 
-A judge is a callable `judge(pairs) -> list[float]`: for each `labelling.Pair`, P(answer A is better).
+A judge is a callable `judge(pairs) -> list[float]`: for each `feedback.Pair`, P(answer A is better).
 
     tiny profile:  PrincipleJudge()                           the constitution applied sentence by sentence
                    GroundTruthJudge()                         the toy world's ground truth, with noise (a person)
                    RewardModelJudge(rm, tokenizer)            a trained reward model: sigmoid(r_A - r_B)
     7b profile:    ConstitutionalJudge(model, tokenizer)      the model reads the constitution, answers A or B
 
-    labels = judge.label(pairs)                               labelling.Label objects, like a person's
+    labels = judge.label(pairs)                               feedback.Label objects, like a person's 
     compare_labels(human_labels, labels)                      agreement %, Cohen's kappa
     critique(prompt, answer), revise(prompt, answer)          Constitutional AI's critique-and-revise step
 
@@ -36,7 +36,11 @@ from pathlib import Path
 import torch
 
 from rlhf_course import toyworld
-from rlhf_course.labelling import Agreement, Label, LabellingSession, Pair, bradley_terry, compare_labels
+from rlhf_course.feedback.agreement import Agreement, compare_labels
+from rlhf_course.feedback.label_file import Label
+from rlhf_course.feedback.pairs import Pair
+from rlhf_course.feedback.session import LabellingSession
+from rlhf_course.feedback.simulated import bradley_terry
 from rlhf_course.logprobs import token_logprobs
 from rlhf_course.profiles import Profile
 from rlhf_course.sampling import render_prompts

@@ -7,17 +7,17 @@ Anthropic's "iterated online RLHF" (Bai et al. 2022, arXiv:2204.05862, Sec. 4.5)
 batches (arXiv:2307.09288, Sec. 3.2.1), and iterative DPO (Xiong et al. 2023, arXiv:2312.11456;
 Self-Rewarding LMs, Yuan et al. 2024, arXiv:2401.10020, where the policy is also its own judge).
 
-    judge = ai_feedback.RewardModelJudge(rm, tokenizer)
+    judge = feedback.RewardModelJudge(rm, tokenizer)
     result = iterative_loop(profile, judge, model_id="/tmp/sft", config=LoopConfig(rounds=2, dpo_steps=20))
     result.rewards                      # ground-truth reward: [start, after round 1, after round 2]
     plot_rounds(result)
 
 Without a ground truth (the 7b profile's free text) an independent judge (`gold.load_judge`) scores each
-round (`judge=`), and can label the pairs too: `ai_feedback.RewardModelJudge(judge.model, judge.tokenizer)`.
+round (`judge=`), and can label the pairs too: `feedback.RewardModelJudge(judge.model, judge.tokenizer)`.
 
-Each round: 1. sample two answers per prompt from the current model (`labelling.sample_pairs`, at the
-profile's temperature); 2. label them: a judge (`ai_feedback.Judge`) or a labeller function
-(`labelling.label_pairs`, e.g. a simulated student), written to one label file per round; 3. DPO
+Each round: 1. sample two answers per prompt from the current model (`feedback.sample_pairs`, at the
+profile's temperature); 2. label them: a judge (`feedback.Judge`) or a labeller function
+(`feedback.label_pairs`, e.g. a simulated student), written to one label file per round; 3. DPO
 (`dpo.train_dpo`) from the current model, which is also the round's reference; 4. evaluate against
 the ground truth, or the judge (`evaluation.evaluate_policy`). The trained model, merged, starts the next
 round. One model at a time: the round's sampler is freed before DPO loads its own (a T4 holds one 4-bit 7B).
@@ -33,18 +33,21 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import datasets
 from matplotlib.figure import Figure
 
 from rlhf_course import plots, toyworld
-from rlhf_course.ai_feedback import Judge
 from rlhf_course.dpo import train_dpo
 from rlhf_course.evaluation import best_possible_reward, evaluate_policy
-from rlhf_course.labelling import Label, Pair, label_pairs, labels_to_preferences, sample_pairs
+from rlhf_course.feedback.ai_feedback import Judge
+from rlhf_course.feedback.label_file import Label
+from rlhf_course.feedback.pairs import Pair, sample_pairs
+from rlhf_course.feedback.session import LabellerFn, label_pairs
+from rlhf_course.feedback.to_preferences import labels_to_preferences
 from rlhf_course.loading import free_memory, load_policy, load_tokenizer
 from rlhf_course.profiles import Profile
+from rlhf_course.sampling import RewardFn
 from rlhf_course.sft import save_merged
 
 
@@ -89,9 +92,6 @@ class LoopResult:
         return [r.reward for r in self.rounds]
 
 
-LabellerFn = Callable[[Pair], "str | tuple[str, bool]"]
-
-
 def label_round(labeller: Judge | LabellerFn, pairs: list[Pair], path: Path, seed: int) -> list[Label]:
     """Label a round's pairs, written to `path`: a judge labels them all at once (batched); a labeller
     function (a person's stand-in) goes through the same labelling session as the widget."""
@@ -111,7 +111,7 @@ def _evaluate(model, tokenizer, profile: Profile, config: LoopConfig, prompts, j
 def iterative_loop(profile: Profile, labeller: Judge | LabellerFn, *, model_id: str | None = None,
                    prompts: list | None = None, eval_prompts: list | None = None,
                    config: LoopConfig = LoopConfig(), work_dir: str | Path | None = None,
-                   judge: Callable[[list, list], list[float]] | None = None, progress: bool = False) -> LoopResult:
+                   judge: RewardFn | None = None, progress: bool = False) -> LoopResult:
     """Run K rounds of sample -> label -> DPO -> evaluate, starting from `model_id` (the merged SFT model;
     default: the profile's base). `prompts`: where pairs are sampled (default: the toy world's training
     prompts); `eval_prompts`: the held-out prompts (default: `toyworld.eval_prompts()`). `judge`: what
@@ -125,7 +125,7 @@ def iterative_loop(profile: Profile, labeller: Judge | LabellerFn, *, model_id: 
     """
     work = Path(work_dir or tempfile.mkdtemp(prefix="rlhf-course-loop-"))
     work.mkdir(parents=True, exist_ok=True)
-    prompts = [p.text if isinstance(p, toyworld.Prompt) else p for p in (prompts or toyworld.train_prompts())]
+    prompts = [toyworld.as_prompt(p) for p in (prompts or toyworld.train_prompts())]
     rng = random.Random(config.seed)
     tokenizer = load_tokenizer(profile, model_id)
     start = model_id or profile.model_path
