@@ -274,10 +274,17 @@ def execute_notebook(nb: nbformat.NotebookNode, folder: Path, env: dict | None =
         from nbval.kernel import CURRENT_ENV_KERNEL_NAME, NbvalKernelspecManager
     except ImportError as err:
         raise MasterError(f"--execute needs nbclient and nbval: pip install -e '.[test]' ({err})") from err
+    from jupyter_core.utils import run_sync
+
     km = AsyncKernelManager(kernel_name=CURRENT_ENV_KERNEL_NAME, kernel_spec_manager=NbvalKernelspecManager())
     client = NotebookClient(nb, km=km, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(folder)}})
     t0 = time.perf_counter()
-    client.execute(env={**os.environ, **NBVAL_ENV, **(env or {})}, stderr=subprocess.DEVNULL)  # as nbval: kernel stderr dropped
+    try:
+        client.execute(env={**os.environ, **NBVAL_ENV, **(env or {})}, stderr=subprocess.DEVNULL)  # as nbval: stderr dropped
+    finally:
+        # nbclient shuts down only the kernels it made itself: ours would live on, each holding its models
+        if run_sync(km.is_alive)():
+            run_sync(km.shutdown_kernel)(now=True)
     return time.perf_counter() - t0
 
 

@@ -315,3 +315,19 @@ def test_each_exercise_has_two_tier_hints_and_lists_the_mistakes_its_check_names
             if len(code) > 12 and not ex.buggy:
                 assert code not in stub_lines, f"{ex.check_name}: the stub holds an answer line: {code}"
                 assert all(code not in h for h in hints), f"{ex.check_name}: the first hint holds an answer line: {code}"
+
+
+def test_executing_a_notebook_leaves_no_kernel_running(tmp_path):
+    """nbclient shuts down only the kernels it starts itself; execute_notebook starts its own (nbval's
+    current-environment kernel), so it must end it: a suite that executes twenty notebooks would otherwise
+    keep twenty kernels alive, each holding its models."""
+    import psutil
+
+    from rlhf_course.exercises import execute_notebook
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os; print(os.getpid())")])
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    execute_notebook(nb, tmp_path)
+    kernel_pid = int(nb.cells[0].outputs[0]["text"])
+    assert kernel_pid not in before
+    assert not psutil.pid_exists(kernel_pid) or psutil.Process(kernel_pid).status() == psutil.STATUS_ZOMBIE
