@@ -2,13 +2,26 @@
 README promises (the full run's numbers are measured by `rlhf-course pipeline`, not asserted here)."""
 
 import json
+import warnings
 
 from rlhf_course.pipeline import check_targets, run_pipeline
 
 
-def test_a_short_pipeline_writes_the_report_the_readme_promises(tiny, tmp_path):
+def test_a_short_pipeline_writes_the_report_the_readme_promises(tiny, tmp_path, capfd):
     short = tiny.replace(sft_steps=4, rm_steps=4, ppo_steps=2, dpo_steps=2)
-    report = run_pipeline(tmp_path, short, progress=False)
+    with warnings.catch_warnings(record=True) as caught:  # pytest would otherwise catch them out of sight
+        warnings.simplefilter("always")
+        report = run_pipeline(tmp_path, short, progress=True)
+
+    # what a person reads: one summary line per stage, no trainer log dicts, no deprecation warnings
+    out, err = capfd.readouterr()
+    printed = out + err
+    lines = [line for line in out.splitlines() if line.strip()]
+    for stage in ("sft", "reward model", "ppo", "dpo", "best of n"):
+        assert sum(line.startswith(f"{stage:<13}") for line in lines) == 1, (stage, out)
+    assert "{'loss'" not in printed and "{'train_runtime'" not in printed, printed[-2000:]
+    assert "FutureWarning" not in printed, printed[-2000:]
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
 
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["profile"] == "tiny" and on_disk == json.loads(json.dumps(report, default=float))
