@@ -156,3 +156,67 @@ def test_simpo_checks_several_betas_so_a_fixed_beta_does_not_pass(fails_with):
     def fixed(pc, pr, lc, lr, beta, gamma):
         return dpo_family.simpo_loss(pc, pr, lc, lr, beta=2.0, gamma=0.8)
     fails_with(checks.check_simpo_loss, fixed, "")
+
+
+# --- the rest of each header's list of mistakes ------------------------------------------------------------
+
+def _fit_from_reference(kind):
+    def fit_best_of_n(d, gain):
+        alpha, beta = overoptimization.fit_best_of_n(d, gain)
+        if kind == "swapped":
+            return beta, alpha
+        # the RL form's features: d and -d log d
+        d_t, g = torch.tensor(d, dtype=torch.float64), torch.tensor(gain, dtype=torch.float64)
+        log_d = torch.where(d_t > 0, torch.log(d_t.clamp_min(1e-12)), torch.zeros_like(d_t))
+        cols = torch.stack([d_t, -d_t * log_d], 1)
+        return tuple(torch.linalg.lstsq(cols, g.unsqueeze(1)).solution.squeeze(1).tolist())
+    return fit_best_of_n
+
+
+@pytest.mark.parametrize("kind, words", [("swapped", "swapped"), ("rl_form", "RL form")])
+def test_more_fit_mistakes_are_named(kind, words, fails_with):
+    fails_with(checks.check_fit_best_of_n, _fit_from_reference(kind), words)
+
+
+def _ensemble_variant(kind):
+    def ensemble_reward(scores, aggregate):
+        centred = scores - scores.mean(1, keepdim=True)
+        if kind == "centre_only":
+            z = centred
+        elif kind == "population":
+            z = centred / scores.std(1, keepdim=True, unbiased=False)
+        else:
+            z = centred / scores.std(1, keepdim=True)
+        if kind == "swapped_aggregates":
+            return z.min(0).values if aggregate == "mean" else z.mean(0)
+        return z.mean(0) if aggregate == "mean" else z.min(0).values
+    return ensemble_reward
+
+
+@pytest.mark.parametrize("kind, words", [("centre_only", "divide by its std"), ("population", "sample standard"),
+                                         ("swapped_aggregates", "swapped")])
+def test_more_ensemble_mistakes_are_named(kind, words, fails_with):
+    fails_with(checks.check_ensemble_reward, _ensemble_variant(kind), words)
+
+
+def test_ensemble_catches_an_in_place_change_on_a_non_contiguous_view(fails_with):
+    def in_place_if_strided(scores, aggregate):
+        if not scores.is_contiguous():
+            scores.sub_(scores.mean(1, keepdim=True))  # a change only the transposed case can see
+        return overoptimization.ensemble_reward(scores, aggregate)
+
+    fails_with(checks.check_ensemble_reward, in_place_if_strided, "transposed view")
+
+
+@pytest.mark.parametrize("case, words", [("off topic", "another task"), ("empty", "empty answer")])
+def test_steps_off_topic_and_empty_are_named(case, words, fails_with):
+    def wrong_on(name):
+        expected = {n: (prompt, response, verdict) for n, prompt, response, verdict, _ in checks._steps_cases()}
+        _, bad_response, right = expected[name]
+
+        def steps_in_order(prompt, response, ended=True):
+            verdict = grpo_variants.steps_in_order(prompt, response, ended)
+            return (not right) if response == bad_response and ended else verdict
+        return steps_in_order
+
+    fails_with(checks.check_steps_in_order, wrong_on(case), words)

@@ -79,7 +79,7 @@ def check_ensemble_reward(ensemble_reward):
     # members on different scales and offsets, as independently trained reward models are
     scores = torch.randn(3, 6, generator=g) * torch.tensor([[1.0], [5.0], [0.3]]) + torch.tensor([[0.0], [4.0], [-2.0]])
     for aggregate, layout in (("mean", "contiguous"), ("worst", "contiguous"), ("mean", "transposed view")):
-        x = scores.clone() if layout == "contiguous" else scores.T.clone().T  # the same values, non-contiguous
+        x = scores.clone() if layout == "contiguous" else scores.T.contiguous().T  # the same values, non-contiguous
         got = ensemble_reward(x, aggregate)
         if not torch.equal(x, scores):
             raise CheckFailed(f"the scores ({layout}) were changed in place: standardise a copy "
