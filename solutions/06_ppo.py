@@ -632,5 +632,10 @@ else:
 # - A reward model is a proxy: optimised without a leash, the policy finds its biases (here: length).
 #   The KL penalty is the leash.
 #
+# **Past one machine**: `accelerate launch --num_processes N` runs this trainer data-parallel as it is.
+# When the model outgrows one GPU, the engines that shard it (TRL's GRPO/RLOO with DeepSpeed ZeRO or
+# FSDP, verl, OpenRLHF) take the same knobs under other names: `docs/scaling.md` maps every `PPOConfig`
+# field onto theirs, and says what our code would need (sampling with vLLM, weight sync after each step).
+#
 # **Next**: notebook 7 gets the same result **without** a reward model, sampling or a value head: DPO
 # turns the objective of section 1 into a classification loss on the preference pairs.
