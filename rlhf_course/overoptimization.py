@@ -467,9 +467,7 @@ def write_lab(out_dir, profile: Profile | str | None = None, config: LabConfig =
     for rows, fit, name, title in ((lab["best_of_n"], lab["fits"]["best_of_n"], "best_of_n.png",
                                     f"Best-of-n, n = 1 ... {config.n_max}"),
                                    (lab["ppo"], lab["fits"]["ppo"], "ppo.png", f"PPO, kl_coef {config.weak_kl_coef:g}")):
-        fig = plot_curve(rows, fit, title=title)
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
+        plot_curve(rows, fit, title=title).savefig(out / name, dpi=120)  # plot_curve closes its own figure
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     plot_remedies({"proxy (length-biased RM)": lab["best_of_n"], **lab["remedies"]["best_of_n"]},
                   title="Best-of-n: remedies", ax=axes[0])
