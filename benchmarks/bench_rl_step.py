@@ -1,34 +1,69 @@
-"""Our PPO step against TRL's RLOO and GRPO steps, side by side in one process.
+"""Our PPO step against trl 0.11.4's PPOTrainer and TRL 1.16's GRPO and RLOO steps (issue 14.1).
 
-Same tiny SFT model, same prompts, same number of completions per step, same generation length and
-temperature, same LoRA adapter, same ground-truth reward, threads pinned. Each trainer runs
-`--steps` steps per round (after a warm-up step), rounds alternate between the trainers so load
-changes hit all of them alike; we print the median seconds per step and the ratio to PPO's.
+One tiny Llama (hidden 64, 2 layers, the course's BPE tokenizer from data/tiny, random weights from
+seed 0 - built here, not the shipped model) is saved to a temporary folder that every trainer loads.
+Every trainer gets the same LoRA adapter (the tiny profile's r, alpha and target modules), the same
+toy-world ground-truth reward, 16 completions x 16 new tokens per step (EOS suppressed with
+min_new_tokens = max_new_tokens = 16, so every answer has the same length), pure sampling at
+temperature 1, one thread. A step is everything: generation, scoring, the reference's and the old
+policy's log-probs, every update and the optimizer (TRL 1.16's own `step_time` leaves out the
+optimizer, so its steps are timed with a callback).
 
-    python benchmarks/bench_rl_step.py --threads 2 --rounds 3 --steps 5
+Rows: ours at 4 epochs x 4 minibatches (16 updates per step) against trl 0.11.4's PPOTrainer at
+ppo_epochs=4, mini_batch_size=4 (16 updates too); ours at 1 x 1 (one update) against TRL 1.16's GRPO
+and RLOO (one update per step). trl 0.11.4 cannot live beside TRL 1.16, so its row runs in a scratch
+environment (README.md says how to make one) through `trl011_ppo_steps.py`, one subprocess per round.
+Each trainer runs a warm-up step, then `--steps` timed steps per round; rounds alternate between the
+trainers so a change of load hits all of them alike. Model loading is outside the timed steps.
+
+    taskset -c 0 python benchmarks/bench_rl_step.py --rounds 3 --steps 5
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
-from rlhf_course import toyworld, trained_models
+from rlhf_course import toyworld
 from rlhf_course.grpo import train_grpo
 from rlhf_course.loading import load_policy, load_tokenizer
 from rlhf_course.ppo import PPOConfig, PPOTrainer
 from rlhf_course.profiles import pick_profile
 
+TRL011_PYTHON = os.environ.get("TRL011_PYTHON", "/work/wt/trl011/bin/python")
+HERE = Path(__file__).resolve().parent
+BATCH, NEW_TOKENS = 16, 16
 
-def ppo_step_times(profile, sft: str, steps: int, **config_changes) -> tuple[list[float], float]:
-    tokenizer = load_tokenizer(profile, sft)
-    policy = load_policy(profile, model_id=sft, verbose=False)
-    cfg = PPOConfig(batch_size=profile.batch_size, max_new_tokens=profile.max_new_tokens,
-                    temperature=profile.temperature, **config_changes)
+
+def build_tiny_llama(folder: str, profile) -> str:
+    """The shared benchmark model: a 2-layer Llama of hidden size 64 with random weights from seed 0, and
+    the course's tokenizer (its vocabulary and chat template). EOS never ends an answer early: every
+    trainer's generation is told min_new_tokens = max_new_tokens."""
+    tokenizer = load_tokenizer(profile)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def ours_step_times(profile, model_dir: str, steps: int, **config_changes) -> tuple[list[float], float]:
+    tokenizer = load_tokenizer(profile, model_dir)
+    policy = load_policy(profile, model_id=model_dir, verbose=False)
+    policy.get_base_model().generation_config.min_new_tokens = NEW_TOKENS  # sample_ids passes max_new_tokens
+    cfg = PPOConfig(batch_size=BATCH, max_new_tokens=NEW_TOKENS, temperature=1.0, **config_changes)
     trainer = PPOTrainer(cfg, policy, tokenizer, toyworld.ground_truth_rewards,
                          [p.text for p in toyworld.train_prompts()])
     trainer.step()  # warm-up
@@ -55,29 +90,59 @@ class StepClock(TrainerCallback):
         self.times.append(time.perf_counter() - self._t0)
 
 
-def trl_step_times(profile, sft: str, algorithm: str, steps: int) -> tuple[list[float], float]:
+def trl_step_times(profile, model_dir: str, algorithm: str, steps: int) -> tuple[list[float], float]:
+    """TRL 1.16's GRPO or RLOO: 16 completions per step = 2 prompts x 8 answers, one update per step."""
     clock = StepClock()
-    result = train_grpo(profile, algorithm=algorithm, model_id=sft, steps=steps + 1, progress=False,
-                        callbacks=[clock])
+    result = train_grpo(profile, algorithm=algorithm, model_id=model_dir, steps=steps + 1, progress=False,
+                        callbacks=[clock], generation_kwargs={"min_new_tokens": NEW_TOKENS})
     rows = result.history[1:]  # drop the warm-up step
     return clock.times[1:], statistics.mean(r["completions/mean_length"] for r in rows)
 
 
+def trl011_step_times(profile, model_dir: str, steps: int) -> tuple[list[float], float]:
+    """trl 0.11.4's PPOTrainer, in its own environment: one subprocess, which prints its step times."""
+    out = subprocess.run([TRL011_PYTHON, str(HERE / "trl011_ppo_steps.py"), model_dir, "--steps", str(steps),
+                          "--batch-size", str(BATCH), "--new-tokens", str(NEW_TOKENS),
+                          "--learning-rate", str(profile.recipe.ppo_learning_rate)],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+    if out.returncode != 0:
+        raise RuntimeError(f"trl011_ppo_steps.py failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["times"], result["mean_answer_tokens"]
+
+
+def trl011_missing() -> str | None:
+    """Why the trl 0.11.4 row cannot run here, or None."""
+    if not Path(TRL011_PYTHON).exists():
+        return f"{TRL011_PYTHON} does not exist"
+    version = subprocess.run([TRL011_PYTHON, "-c", "import trl; print(trl.__version__)"],
+                             capture_output=True, text=True).stdout.strip()
+    return None if version == "0.11.4" else f"{TRL011_PYTHON} has trl {version or '(none)'}, not 0.11.4"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per trainer per round")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    profile = pick_profile("tiny")
-    sft = trained_models.sft_model(profile)
-    # Our PPO iteration makes num_ppo_epochs x num_minibatches = 4 optimizer updates on its rollouts;
-    # TRL's RLOO/GRPO step makes one. The second row does one update too: the same work per step.
-    runs = {"ours: PPO": lambda: ppo_step_times(profile, sft, args.steps),
-            "ours: PPO 1x1": lambda: ppo_step_times(profile, sft, args.steps, num_ppo_epochs=1, num_minibatches=1),
-            "TRL: RLOO": lambda: trl_step_times(profile, sft, "rloo", args.steps),
-            "TRL: GRPO": lambda: trl_step_times(profile, sft, "grpo", args.steps)}
+    profile = pick_profile("tiny").replace(batch_size=BATCH, max_new_tokens=NEW_TOKENS, temperature=1.0,
+                                           gradient_accumulation_steps=1)
+    model_dir = build_tiny_llama(tempfile.mkdtemp(prefix="bench-rl-step-"), profile)
+
+    runs = {"ours: PPO 4x4": lambda: ours_step_times(profile, model_dir, args.steps, num_ppo_epochs=4, num_minibatches=4),
+            "trl 0.11.4: PPO 4x4": lambda: trl011_step_times(profile, model_dir, args.steps),
+            "ours: PPO 1x1": lambda: ours_step_times(profile, model_dir, args.steps, num_ppo_epochs=1, num_minibatches=1),
+            "TRL 1.16: GRPO": lambda: trl_step_times(profile, model_dir, "grpo", args.steps),
+            "TRL 1.16: RLOO": lambda: trl_step_times(profile, model_dir, "rloo", args.steps)}
+    missing = trl011_missing()
+    if missing:
+        print(f"skipping the trl 0.11.4 row: {missing}. Make the environment with: python -m venv /work/wt/trl011 && "
+              "/work/wt/trl011/bin/pip install trl==0.11.4 --no-deps tyro docstring_parser typeguard && echo "
+              "<this venv's site-packages> > /work/wt/trl011/lib/python3.11/site-packages/main_stack.pth "
+              "(see benchmarks/README.md), or set TRL011_PYTHON")
+        del runs["trl 0.11.4: PPO 4x4"]
     times = {k: [] for k in runs}
     lengths = {k: [] for k in runs}
     for r in range(args.rounds):
@@ -85,17 +150,19 @@ def main():
             t, length = run()
             times[name] += t
             lengths[name].append(length)
-            print(f"round {r + 1}: {name:<13} median {statistics.median(t):.3f} s/step", flush=True)
+            print(f"round {r + 1}: {name:<20} median {statistics.median(t):.3f} s/step", flush=True)
     medians = {name: statistics.median(t) for name, t in times.items()}
-    print(f"\n{profile.batch_size} completions per step, <= {profile.max_new_tokens} new tokens, "
-          f"temperature {profile.temperature}, {args.threads} threads, {args.rounds} x {args.steps} steps each")
-    print(f"{'trainer':<14} {'median s/step':>14} {'mean answer tokens':>19}")
+    print(f"\n{BATCH} completions x {NEW_TOKENS} new tokens per step, temperature 1, {args.threads} thread(s), "
+          f"{args.rounds} rounds x {args.steps} steps each, torch {torch.__version__}")
+    print(f"{'trainer':<20} {'median s/step':>14} {'mean answer tokens':>19}")
     for name, med in medians.items():
-        print(f"{name:<14} {med:>14.3f} {statistics.mean(lengths[name]):>19.1f}")
-    print("\nratio (ours / TRL's; <= 1.0: ours is no slower)")
-    for ours in ("ours: PPO", "ours: PPO 1x1"):
-        print(f"{ours:<14} " + "   ".join(f"/ {trl}: {medians[ours] / medians[trl]:.2f}"
-                                          for trl in ("TRL: RLOO", "TRL: GRPO")))
+        print(f"{name:<20} {med:>14.3f} {statistics.mean(lengths[name]):>19.1f}")
+    print("\nratios of medians")
+    if "trl 0.11.4: PPO 4x4" in medians:
+        print(f"ours PPO 4x4 / trl 0.11.4 PPO 4x4: {medians['ours: PPO 4x4'] / medians['trl 0.11.4: PPO 4x4']:.2f}"
+              "   (target <= 0.75)")
+    print(f"ours PPO 1x1 / TRL 1.16 GRPO:      {medians['ours: PPO 1x1'] / medians['TRL 1.16: GRPO']:.2f}   (target <= 1.0)")
+    print(f"ours PPO 1x1 / TRL 1.16 RLOO:      {medians['ours: PPO 1x1'] / medians['TRL 1.16: RLOO']:.2f}")
 
 
 if __name__ == "__main__":
