@@ -349,8 +349,14 @@ def reference_policy(model):
         with active_adapter(model, REFERENCE_ADAPTER):
             yield
     else:
-        with model.disable_adapter():
+        # What peft's `model.disable_adapter()` does for LoRA, less the status check of every layer it makes
+        # first (it only warns when some layers are on and others off), which costs more than the switch
+        # itself: 2 of 3.5 ms a call on the tiny model, paid at every PPO iteration (issue 14).
+        model.base_model.disable_adapter_layers()
+        try:
             yield
+        finally:
+            model.base_model.enable_adapter_layers()
 
 
 def keep_trainable_fp32(model, profile: Profile | None = None) -> None:

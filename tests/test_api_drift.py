@@ -71,6 +71,8 @@ RECORDED = {
     "peft.PeftModel.disable_adapter": [],
     "peft.PeftModel.get_base_model": [],
     "peft.tuners.lora.LoraModel.merge_and_unload": [],
+    "peft.tuners.lora.LoraModel.disable_adapter_layers": [],   # loading.reference_policy switches the layers itself
+    "peft.tuners.lora.LoraModel.enable_adapter_layers": [],
     # bitsandbytes (the memory planner reads how it stores 4-bit weights)
     "bitsandbytes.nn.Linear4bit": [],
     "bitsandbytes.functional.QuantState": [],
@@ -108,6 +110,8 @@ CALL_SITES = {
     "*.add_adapter": ["peft.PeftModel.add_adapter"],
     "*.set_adapter": ["peft.PeftModel.set_adapter"],
     "*.merge_and_unload": ["peft.tuners.lora.LoraModel.merge_and_unload"],
+    "*.disable_adapter_layers": ["peft.tuners.lora.LoraModel.disable_adapter_layers"],
+    "*.enable_adapter_layers": ["peft.tuners.lora.LoraModel.enable_adapter_layers"],
     "trainer.train": ["transformers.Trainer.train"],
     "*.reduce": ["accelerate.Accelerator.reduce"],
     "*.save_pretrained": ["transformers.PreTrainedModel.save_pretrained"],  # peft's when it names adapters
