@@ -308,6 +308,10 @@ class PPOTrainer:
         torch.manual_seed(config.seed + self.accelerator.process_index)
         self.rng = random.Random(config.seed + self.accelerator.process_index)  # each process its own prompts
         self.model = PolicyWithValueHead(policy).to(self.accelerator.device)
+        # The PEFT policy itself (sampling, the reference switch, saving). self.model wraps it - in DDP under
+        # `accelerate launch` - but it is the same object: kept here rather than unwrapped at every use
+        # (accelerate's unwrap_model walks every module, twice per iteration).
+        self.policy = self.model.policy
         # Only the LoRA adapter and the value head train. The list is kept: clipping the gradient norm over
         # it instead of all the model's parameters gives the same norm (the frozen ones have no gradient),
         # without walking the whole model at every update.
@@ -321,10 +325,6 @@ class PPOTrainer:
         self.reward_shift, self.reward_scale = 0.0, 1.0
         self.history: list[dict] = []
         self.step_count = 0
-
-    @property
-    def policy(self):
-        return self.accelerator.unwrap_model(self.model).policy
 
     def _forward(self, input_ids, attention_mask, context_length: int, temperature: float):
         """Log-probs, values and logits of the answer tokens: positions context_length-1 ... T-2
