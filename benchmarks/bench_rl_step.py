@@ -138,10 +138,10 @@ def main():
             "TRL 1.16: RLOO": lambda: trl_step_times(profile, model_dir, "rloo", args.steps)}
     missing = trl011_missing()
     if missing:
-        print(f"skipping the trl 0.11.4 row: {missing}. Make the environment with: python -m venv /work/wt/trl011 && "
-              "/work/wt/trl011/bin/pip install trl==0.11.4 --no-deps tyro docstring_parser typeguard && echo "
-              "<this venv's site-packages> > /work/wt/trl011/lib/python3.11/site-packages/main_stack.pth "
-              "(see benchmarks/README.md), or set TRL011_PYTHON")
+        print(f"skipping the trl 0.11.4 row: {missing}. Make that environment (benchmarks/README.md): "
+              "python -m venv /work/wt/trl011 && /work/wt/trl011/bin/pip install --no-deps trl==0.11.4 tyro==1.0.17 "
+              "docstring_parser==0.18.0 typeguard==4.6.1 && python -c 'import site; print(site.getsitepackages()[0])' "
+              "> /work/wt/trl011/lib/python3.11/site-packages/main_stack.pth   (or point TRL011_PYTHON at one)")
         del runs["trl 0.11.4: PPO 4x4"]
     times = {k: [] for k in runs}
     lengths = {k: [] for k in runs}

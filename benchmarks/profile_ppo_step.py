@@ -140,24 +140,26 @@ def main():
                              [p.text for p in toyworld.train_prompts()])
     instrument(trainer)
     trainer.step()  # warm-up
-    per_step, totals = defaultdict(list), []
+    per_step = defaultdict(list)
     for _ in range(args.steps):
         spent.clear()
         t0 = time.perf_counter()
         trainer.step()
-        totals.append(time.perf_counter() - t0)
-        for k, v in spent.items():
+        ms = {k: 1000 * v for k, v in spent.items()}
+        ms["step"] = 1000 * (time.perf_counter() - t0)
+        # what the named pieces leave, step by step (then the median of each line, as for the others)
+        ms["generation: tokenise + masks"] = (ms["generation: sample_ids total"] - ms["generation: generate()"]
+                                              - ms["generation: chat template"])
+        ms["rollout: other (scores, stats, .item())"] = ms["rollout total"] - sum(
+            ms[k] for k in ("generation: sample_ids total", "decode answers", "rollout: forward", "reference: forward",
+                            "reference: adapter off/on", "reward", "rewards + GAE + whiten"))
+        ms["update: other Python (minibatch loop, indexing, .item() logging)"] = ms["update total"] - sum(
+            v for k, v in ms.items() if k.startswith("update: "))
+        ms["step: other (stats reduce, history)"] = ms["step"] - ms["rollout total"] - ms["update total"]
+        for k, v in ms.items():
             per_step[k].append(v)
-    ms = {k: 1000 * statistics.median(v) for k, v in per_step.items()}
-    total = 1000 * statistics.median(totals)
-    ms["generation: tokenise + masks"] = (ms["generation: sample_ids total"] - ms["generation: generate()"]
-                                          - ms["generation: chat template"])
-    ms["rollout: other (scores, stats, .item())"] = ms["rollout total"] - sum(
-        ms[k] for k in ("generation: sample_ids total", "decode answers", "rollout: forward", "reference: forward",
-                        "reference: adapter off/on", "reward", "rewards + GAE + whiten"))
-    ms["update: other Python (minibatch loop, indexing, .item() logging)"] = ms["update total"] - sum(
-        v for k, v in ms.items() if k.startswith("update: ") and k != "update total")
-    ms["step: other (stats reduce, history)"] = total - ms["rollout total"] - ms["update total"]
+    ms = {k: statistics.median(v) for k, v in per_step.items()}
+    total = ms.pop("step")
     print(f"our PPO step, {args.epochs} epochs x {args.minibatches} minibatches, {BATCH} x {NEW_TOKENS} tokens, "
           f"1 thread: median {total:.1f} ms over {args.steps} steps")
     for k in sorted(ms):
