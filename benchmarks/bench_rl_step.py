@@ -16,7 +16,7 @@ environment (README.md says how to make one) through `trl011_ppo_steps.py`, one 
 Each trainer runs a warm-up step, then `--steps` timed steps per round; rounds alternate between the
 trainers so a change of load hits all of them alike. Model loading is outside the timed steps.
 
-    taskset -c 0 python benchmarks/bench_rl_step.py --rounds 3 --steps 5
+    taskset -c 0 python benchmarks/bench_rl_step.py --rounds 3 --steps 10    # about 2 minutes
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -124,7 +123,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per trainer per round")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per trainer per round")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     profile = pick_profile("tiny").replace(batch_size=BATCH, max_new_tokens=NEW_TOKENS, temperature=1.0,

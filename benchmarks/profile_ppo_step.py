@@ -19,8 +19,8 @@ from collections import defaultdict
 from contextlib import contextmanager
 
 import torch
-
 from bench_rl_step import BATCH, NEW_TOKENS, build_tiny_llama
+
 from rlhf_course import ppo, sampling, toyworld
 from rlhf_course.loading import load_policy, load_tokenizer
 from rlhf_course.profiles import pick_profile

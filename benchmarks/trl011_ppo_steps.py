@@ -21,13 +21,13 @@ import warnings
 
 import torch
 import trl
+from transformers import AutoTokenizer
 from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 
 from rlhf_course import toyworld
 from rlhf_course.loading import lora_config
 from rlhf_course.profiles import pick_profile
 from rlhf_course.sampling import Completion, render_prompts
-from transformers import AutoTokenizer
 
 
 def main():
