@@ -68,30 +68,21 @@ def rm_run(profile, seed: int, pairs: int = 4000, steps: int | None = None, lr: 
             "train_seconds": m["train_seconds"], "seconds": round(time.perf_counter() - t, 1)}
 
 
-def onpolicy_pairs(profile, rm_dir, n_prompts: int, k: int, seed: int) -> list[dict]:
-    """k answers per training prompt from the SFT model; the reward model's best and worst make a pair."""
+def onpolicy_pairs(profile, rm_dir, n_prompts: int, k: int, seed: int):
+    """k answers per training prompt (the 88 cycled to n_prompts) from the SFT model; the reward model's best
+    and worst make a pair (`best_of_n.best_worst_pairs`, as the pipeline does)."""
+    from rlhf_course.best_of_n import best_of_n, best_worst_pairs
     from rlhf_course.loading import load_policy, load_tokenizer
     from rlhf_course.ppo import AdapterRewardModel
-    from rlhf_course.sampling import generate
 
     sft_path = trained_models.sft_model(profile)
     tokenizer = load_tokenizer(profile, sft_path)
     model = load_policy(profile, model_id=sft_path, verbose=False)
-    rm = AdapterRewardModel(model, tokenizer, rm_dir)
-    import random
-    rng = random.Random(seed)
-    prompts = [rng.choice(toyworld.train_prompts()).text for _ in range(n_prompts)]
-    rows = []
-    answers = generate(model, tokenizer, [p for p in prompts for _ in range(k)], profile.max_new_tokens,
-                       temperature=profile.temperature, seed=seed, batch_size=128)
-    scores = rm([p for p in prompts for _ in range(k)], answers)
-    for i, p in enumerate(prompts):
-        group = sorted(zip(scores[i * k:(i + 1) * k], answers[i * k:(i + 1) * k]), key=lambda x: x[0])
-        (lo, worst), (hi, best) = group[0], group[-1]
-        if best.text != worst.text and best.ended:
-            rows.append({"prompt": toyworld.user(p), "chosen": toyworld.assistant(best.text),
-                         "rejected": toyworld.assistant(worst.text)})
-    return rows
+    train = [p.text for p in toyworld.train_prompts()]
+    prompts = (train * (n_prompts // len(train) + 1))[:n_prompts]
+    draws = best_of_n(model, tokenizer, prompts, k, AdapterRewardModel(model, tokenizer, rm_dir),
+                      max_new_tokens=profile.max_new_tokens, temperature=profile.temperature, seed=seed + 2)
+    return best_worst_pairs(draws)
 
 
 def dpo_run(profile, seed: int, beta: float | None = None, steps: int | None = None, lr: float | None = None,
@@ -106,7 +97,7 @@ def dpo_run(profile, seed: int, beta: float | None = None, steps: int | None = N
     if pairs == "toy":
         data = None
     elif pairs == "onpolicy":
-        data = datasets.Dataset.from_list(onpolicy_pairs(profile, rm_dir, prompts, k, seed))
+        data = onpolicy_pairs(profile, rm_dir, prompts, k, seed)
     else:
         data = datasets.Dataset.from_list(toyworld.make_preference_pairs(int(pairs), seed=2))
     pair_seconds = time.perf_counter() - t
