@@ -378,12 +378,12 @@ def write_report(out: Path, report: dict, results: dict, ppo_history: list, dpo_
 
 # ------------------------------------------------------------------------------ several seeds
 
-# What the seed report compares: (name, key of the flattened report, name, key). Win rates and gold
+# What the seed report compares: (name, key of the flattened report, name, key, the number). Win rates and gold
 # rewards are per answer on the same held-out prompts, so each pair is measured on one scale.
-COMPARISONS = (("PPO", "win_rate_vs_sft/ppo", "DPO", "win_rate_vs_sft/dpo"),
-               ("PPO", "reward/ppo", "DPO", "reward/dpo"),
-               ("PPO", "win_rate_vs_sft/ppo", f"best-of-{BEST_OF_N}", "win_rate_vs_sft/best_of_n"),
-               ("DPO", "win_rate_vs_sft/dpo", f"best-of-{BEST_OF_N}", "win_rate_vs_sft/best_of_n"))
+COMPARISONS = (("PPO", "win_rate_vs_sft/ppo", "DPO", "win_rate_vs_sft/dpo", "win rate vs SFT"),
+               ("PPO", "reward/ppo", "DPO", "reward/dpo", "gold reward"),
+               ("PPO", "win_rate_vs_sft/ppo", f"best-of-{BEST_OF_N}", "win_rate_vs_sft/best_of_n", "win rate vs SFT"),
+               ("DPO", "win_rate_vs_sft/dpo", f"best-of-{BEST_OF_N}", "win_rate_vs_sft/best_of_n", "win rate vs SFT"))
 HEADLINE = ("rm_accuracy", "rm_bayes_accuracy", "peak_rss_gb", "reward", "win_rate_vs_sft", "kl_to_sft", "length",
             "seconds")
 
@@ -434,7 +434,7 @@ def aggregate_reports(reports: list[dict], seeds: list[int]) -> dict:
 def comparison_sentences(stats: dict[str, tuple[float, float]]) -> list[str]:
     """`seeds.compare` for each pair of `COMPARISONS` whose numbers the run has: 'within noise' where the
     two means differ by less than their spread, else which one is ahead."""
-    return [compare(name_a, stats[a], name_b, stats[b]) for name_a, a, name_b, b in COMPARISONS
+    return [compare(name_a, stats[a], name_b, stats[b], what=what) for name_a, a, name_b, b, what in COMPARISONS
             if a in stats and b in stats]
 
 
@@ -478,7 +478,7 @@ def write_seed_report(out: Path, aggregate: dict) -> None:
     lines += ["", f"Reward model: held-out accuracy {cell('rm_accuracy', 3)}, Bayes limit of the labels "
               f"{cell('rm_bayes_accuracy', 3)}.", "", "## Within noise or not", ""]
     lines += [f"- {sentence}" for sentence in aggregate["comparisons"]]
-    seconds = sorted(k for k in stats if k.startswith("seconds/"))
+    seconds = [k for k in aggregate["per_seed"] if k.startswith("seconds/")]  # in the order the stages ran
     lines += ["", "## Seconds per seed", "", "| stage | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
               "|---|" + "---:|" * (len(seeds) + 1)]
     lines += [f"| {k.split('/', 1)[1]} | " + " | ".join(f"{v:.1f}" for v in aggregate["per_seed"][k]) +

@@ -42,13 +42,17 @@ def format_mean_std(stat: tuple[float, float], digits: int = 2) -> str:
     return f"{m:.{digits}f}" + ("" if math.isnan(s) else f" ± {s:.{digits}f}")
 
 
-def compare(name_a: str, a: tuple[float, float], name_b: str, b: tuple[float, float], digits: int = 2) -> str:
+def compare(name_a: str, a: tuple[float, float], name_b: str, b: tuple[float, float], digits: int = 2,
+            what: str = "") -> str:
     """One sentence: 'A vs B: within noise (...)' when the difference is within their spread, else which is
-    ahead: 'A vs B: A ahead (0.81 ± 0.01 vs 0.70 ± 0.02)'."""
+    ahead: 'A vs B: A ahead (0.81 ± 0.01 vs 0.70 ± 0.02)'. `what`, the number compared, goes in brackets
+    after the names: 'A vs B (win rate vs SFT): ...'."""
     numbers = f"({format_mean_std(a, digits)} vs {format_mean_std(b, digits)})"
+    if what:
+        name_b = f"{name_b} ({what})"
     if within_noise(a, b):
         return f"{name_a} vs {name_b}: within noise {numbers}"
     if math.isnan(a[1]) or math.isnan(b[1]):
         return f"{name_a} vs {name_b}: one seed, no spread to judge by {numbers}"
-    ahead = name_a if a[0] > b[0] else name_b
+    ahead = name_a if a[0] > b[0] else name_b.split(" (")[0]
     return f"{name_a} vs {name_b}: {ahead} ahead {numbers}"

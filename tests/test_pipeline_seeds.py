@@ -31,6 +31,8 @@ def test_within_noise_when_the_difference_is_below_the_spread_of_a_difference():
 def test_the_sentence_says_within_noise_only_when_it_is():
     assert compare("PPO", (0.81, 0.04), "DPO", (0.79, 0.05)) == "PPO vs DPO: within noise (0.81 ± 0.04 vs 0.79 ± 0.05)"
     assert compare("PPO", (0.61, 0.01), "DPO", (0.70, 0.02)) == "PPO vs DPO: DPO ahead (0.61 ± 0.01 vs 0.70 ± 0.02)"
+    assert compare("PPO", (0.61, 0.01), "DPO", (0.70, 0.02), what="gold reward") == \
+        "PPO vs DPO (gold reward): DPO ahead (0.61 ± 0.01 vs 0.70 ± 0.02)"
     assert "within noise" not in compare("PPO", (0.81, math.nan), "DPO", (0.80, math.nan))
     assert format_mean_std((0.5, math.nan)) == "0.50"
 
@@ -54,15 +56,17 @@ def test_aggregate_of_synthetic_reports_and_its_noise_sentences():
     assert agg["mean"]["rm_gap_to_bayes"] == pytest.approx(0.872 - 0.86)
     # the targets on the means: PPO 0.82 >= 0.8, DPO 0.61 not, the RM's gap 0.012 <= 0.02
     assert list(agg["targets"].values()) == [True, True, True, True, False]
-    assert "PPO vs DPO: PPO ahead (0.82 ± 0.02 vs 0.61 ± 0.01)" in agg["comparisons"]
+    assert "PPO vs DPO (win rate vs SFT): PPO ahead (0.82 ± 0.02 vs 0.61 ± 0.01)" in agg["comparisons"]
     assert not any("within noise" in s for s in agg["comparisons"] if s.startswith("PPO vs DPO"))
     # DPO closer to PPO than their spread: the sentence appears
     close = [synthetic_report(0, 0.80, 0.81), synthetic_report(1, 0.84, 0.78), synthetic_report(2, 0.82, 0.84)]
     sentences = aggregate_reports(close, [0, 1, 2])["comparisons"]
-    assert "PPO vs DPO: within noise (0.82 ± 0.02 vs 0.81 ± 0.03)" in sentences
+    assert "PPO vs DPO (win rate vs SFT): within noise (0.82 ± 0.02 vs 0.81 ± 0.03)" in sentences
+    assert "PPO vs DPO (gold reward): PPO ahead (0.60 ± 0.10 vs 0.45 ± 0.00)" in sentences  # 0.15 > 0.10
     # a comparison the run has no numbers for is left out, not invented
     stats = {k: mean_std([v]) for k, v in flatten(reports[0]).items() if not k.endswith("best_of_n")}
-    assert [s.split(":")[0] for s in comparison_sentences(stats)] == ["PPO vs DPO", "PPO vs DPO"]
+    assert [s.split(":")[0] for s in comparison_sentences(stats)] == ["PPO vs DPO (win rate vs SFT)",
+                                                                      "PPO vs DPO (gold reward)"]
 
 
 def test_two_short_seeds_aggregate_to_the_mean_of_their_reports(tiny, tmp_path):
