@@ -39,7 +39,7 @@ def evaluate_against_sft(profile, model, tokenizer, seed: int, rm_dir) -> dict:
     from rlhf_course.ppo import AdapterRewardModel
 
     sft_path = trained_models.sft_model(profile)
-    kw = dict(n_per_prompt=4, max_new_tokens=profile.max_new_tokens, temperature=profile.temperature, seed=seed)
+    kw = {"n_per_prompt": 4, "max_new_tokens": profile.max_new_tokens, "temperature": profile.temperature, "seed": seed}
     sft = load_policy(profile, model_id=sft_path, verbose=False)  # a fresh adapter: the SFT model itself
     baseline = evaluate_policy(sft, tokenizer, None, **kw)
     result = evaluate_policy(model, tokenizer, None, reference="self", baseline=baseline,

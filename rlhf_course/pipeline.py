@@ -469,14 +469,14 @@ def write_seed_report(out: Path, aggregate: dict) -> None:
 
     lines = [f"# rlhf-course pipeline report: {aggregate['profile']} profile, seeds {' '.join(map(str, seeds))}"
              + (" (rehearsal on a stand-in: the numbers mean nothing)" if aggregate["rehearsal"] else ""), "",
-             f"Gold reward: {aggregate['gold']}. Data: {aggregate['data']}. Each number: mean ± sample standard "
-             f"deviation over the {len(seeds)} seeds; each seed's own report is in seed-S/report.md.", "",
+             (f"Gold reward: {aggregate['gold']}. Data: {aggregate['data']}. Each number: mean ± sample standard "
+             f"deviation over the {len(seeds)} seeds; each seed's own report is in seed-S/report.md."), "",
              f"| stage | {label} | win rate vs SFT | KL to SFT (nats) | length (tokens) |", "|---|---|---|---|---|"]
     for stage in ("base", "sft", "ppo", "dpo", "best_of_n"):
         lines.append(f"| {stage} | {cell(f'reward/{stage}', 3)} | {cell(f'win_rate_vs_sft/{stage}', 2)} | "
                      f"{cell(f'kl_to_sft/{stage}', 2)} | {cell(f'length/{stage}', 1)} |")
-    lines += ["", f"Reward model: held-out accuracy {cell('rm_accuracy', 3)}, Bayes limit of the labels "
-              f"{cell('rm_bayes_accuracy', 3)}.", "", "## Within noise or not", ""]
+    lines += ["", (f"Reward model: held-out accuracy {cell('rm_accuracy', 3)}, Bayes limit of the labels "
+              f"{cell('rm_bayes_accuracy', 3)}."), "", "## Within noise or not", ""]
     lines += [f"- {sentence}" for sentence in aggregate["comparisons"]]
     seconds = [k for k in aggregate["per_seed"] if k.startswith("seconds/")]  # in the order the stages ran
     lines += ["", "## Seconds per seed", "", "| stage | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
