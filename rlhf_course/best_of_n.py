@@ -9,6 +9,7 @@ sample N, keep the best, fine-tune on them as demonstrations, repeat.
     results = best_of_n(model, tokenizer, toyworld.eval_prompts(), n=16, reward_fn=ground_truth_rewards)
     curve = best_of_n_curve(results)            # {1: mean reward, 2: ..., 16: ...} from the same samples
     r = rejection_sampling_finetune(profile, model_id="/tmp/sft", n=8, rounds=2)
+    pairs = best_worst_pairs(best_of_n(sft, tokenizer, prompts, n=4, reward_fn=rm))   # on-policy DPO pairs
 
 A reward function follows the protocol of every trainer here:
 `reward_fn(prompts, completions) -> list[float]` (`toyworld.ground_truth_rewards`, or a reward model).
@@ -128,6 +129,25 @@ def top_samples(results: list[BestOfN], keep_top: int = 1) -> datasets.Dataset:
         rows += [{"prompt": as_messages(r.prompt),
                   "completion": [{"role": "assistant", "content": r.samples[j].text}],
                   "reward": r.rewards[j]} for j in ranked]
+    return datasets.Dataset.from_list(rows)
+
+
+def best_worst_pairs(results: list[BestOfN]) -> datasets.Dataset:
+    """On-policy preference pairs from best-of-N draws: per prompt, the highest-rewarded sample is chosen and
+    the lowest rejected (Xiong et al. 2023, arXiv:2312.11456, and Llama 3's DPO data use best vs worst of
+    the policy's own samples). Conversational prompt/chosen/rejected rows, what `dpo.train_dpo` takes, plus
+    `reward_margin`; prompts whose best and worst answers are the same text (nothing to learn) are left out.
+    The reward function labels every pair: what DPO then learns is that reward model's preference."""
+    rows = []
+    for r in results:
+        best = max(range(len(r.samples)), key=r.rewards.__getitem__)   # ties: the first sample, as in best_of_n
+        worst = min(range(len(r.samples)), key=r.rewards.__getitem__)
+        if r.samples[best].text == r.samples[worst].text:
+            continue
+        rows.append({"prompt": as_messages(r.prompt),
+                     "chosen": [{"role": "assistant", "content": r.samples[best].text}],
+                     "rejected": [{"role": "assistant", "content": r.samples[worst].text}],
+                     "reward_margin": r.rewards[best] - r.rewards[worst]})
     return datasets.Dataset.from_list(rows)
 
 

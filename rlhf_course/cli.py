@@ -100,7 +100,7 @@ def cmd_exercises(args: argparse.Namespace) -> int:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from rlhf_course.errors import RunError
-    from rlhf_course.pipeline import run_pipeline
+    from rlhf_course.pipeline import run_pipeline, run_seeds
     from rlhf_course.profiles import rehearsal_profile
 
     if args.rehearsal != (args.model is not None):
@@ -109,7 +109,10 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     if args.rehearsal and args.profile not in (None, "7b"):
         raise RunError("a rehearsal runs the 7b profile's code: use --profile 7b (or leave --profile out)")
     profile = rehearsal_profile(args.model) if args.rehearsal else _profile(args.profile)
-    run_pipeline(args.out, profile, seed=args.seed)
+    if args.seeds:
+        run_seeds(args.out, profile, args.seeds)
+    else:
+        run_pipeline(args.out, profile, seed=args.seed)
     return 0
 
 
@@ -282,7 +285,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="the main job: SFT -> reward model -> PPO -> DPO -> best-of-N -> report")
     p.add_argument("--out", required=True, help="folder for report.json, report.md, plots and models")
     p.add_argument("--profile", choices=["tiny", "7b"])
-    p.add_argument("--seed", type=int, default=0)
+    seed = p.add_mutually_exclusive_group()
+    seed.add_argument("--seed", type=int, default=0)
+    seed.add_argument("--seeds", type=int, nargs="+", metavar="S", help="one run per seed into OUT/seed-S/, and "
+                      "OUT/report.md with each number as mean ± std over the seeds")
     p.add_argument("--rehearsal", action="store_true", help="run the 7b profile's code on this machine's CPU, at "
                    "rehearsal sizes, with the stand-in --model DIR (built by `build-standin`)")
     p.add_argument("--model", metavar="DIR", help="with --rehearsal: the stand-in folder")

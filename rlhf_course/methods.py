@@ -23,12 +23,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from statistics import mean, stdev
+from statistics import mean
 
 from rlhf_course import toyworld, trained_models
 from rlhf_course.evaluation import evaluate_policy
 from rlhf_course.parallel import start_jobs
 from rlhf_course.profiles import Profile
+from rlhf_course.seeds import format_mean_std, mean_std
 
 
 @dataclass
@@ -169,12 +170,8 @@ def methods_table(profile: Profile, sizes: Sizes = Sizes(), seeds: tuple[int, ..
 
 def summarize_seeds(runs: dict[str, tuple[str, list[dict]]], sizes: Sizes, seeds) -> dict:
     """{name: (group, per-seed rows)} -> {"sizes", "seeds", "rows": {name: {"group", "runs", "mean", "std"}}},
-    std the sample standard deviation over the seeds (NaN for a single run)."""
-    def mean_std(values: list[float]) -> tuple[float, float]:
-        if any(math.isnan(v) for v in values):  # e.g. DAPO's "informative" on the other variants' rows
-            return math.nan, math.nan
-        return mean(values), stdev(values) if len(values) > 1 else math.nan
-
+    std the sample standard deviation over the seeds (NaN for a single run; both NaN where a column is NaN
+    on some rows, e.g. DAPO's "informative" on the other variants' rows): `seeds.mean_std`."""
     rows = {}
     for name, (group, per_seed) in runs.items():
         keys = [k for k in per_seed[0] if isinstance(per_seed[0][k], (int, float))]
@@ -194,7 +191,6 @@ def markdown(table: dict, columns: tuple[str, ...] = ("gold", "kl", "length", "s
     for name, row in table["rows"].items():
         cells = []
         for c in columns:
-            m, s = row["mean"][c], row["std"][c]
-            cells.append(f"{m:.{digits[c]}f}" + ("" if math.isnan(s) else f" ± {s:.{digits[c]}f}"))
+            cells.append(format_mean_std((row["mean"][c], row["std"][c]), digits[c]))
         lines.append(f"| {name} | {row['group']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -1,11 +1,15 @@
 """The course's main job: SFT -> reward model -> PPO -> DPO -> best-of-N -> evaluation -> report.
 
     rlhf-course pipeline --out runs/tiny            # about 3 minutes on 2 CPU cores
+    rlhf-course pipeline --out runs/tiny3 --seeds 0 1 2   # one run per seed in runs/tiny3/seed-S/, and
+                                                    # runs/tiny3/report.md: each number as mean ± std
     rlhf-course pipeline --out runs/7b --profile 7b # a T4 or better
 
 Every stage calls the same functions the notebooks teach. On the tiny profile the toy world's
 ground truth judges each stage; the report puts the numbers next to their targets. Writes
-DIR/report.json, DIR/report.md and PNG plots, plus the trained models (DIR/sft, DIR/rm, ...).
+DIR/report.json, DIR/report.md and PNG plots, plus the trained models (DIR/sft, DIR/rm, ...). Over
+several seeds (`run_seeds`), the report gives each headline number as mean ± sample std, checks the targets
+on the means and says which compared numbers are within noise of each other (`seeds.compare`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from rlhf_course.loading import (describe_loading, free_memory, is_adapter, load
 from rlhf_course.ppo import AdapterRewardModel, train_ppo
 from rlhf_course.profiles import Profile, pick_profile
 from rlhf_course.reward_model import train_reward_model
+from rlhf_course.seeds import compare, format_mean_std, mean_std, within_noise
 from rlhf_course.sft import save_sft_model, train_sft
 
 BEST_OF_N = 8
@@ -368,4 +373,127 @@ def write_report(out: Path, report: dict, results: dict, ppo_history: list, dpo_
     lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in report["targets"].items()] or \
         ["- (targets are set against the toy world's ground truth; none on this profile)"]
     lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in made]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------------------ several seeds
+
+# What the seed report compares: (name, key of the flattened report, name, key, the number). Win rates and gold
+# rewards are per answer on the same held-out prompts, so each pair is measured on one scale.
+COMPARISONS = (("PPO", "win_rate_vs_sft/ppo", "DPO", "win_rate_vs_sft/dpo", "win rate vs SFT"),
+               ("PPO", "reward/ppo", "DPO", "reward/dpo", "gold reward"),
+               ("PPO", "win_rate_vs_sft/ppo", f"best-of-{BEST_OF_N}", "win_rate_vs_sft/best_of_n", "win rate vs SFT"),
+               ("DPO", "win_rate_vs_sft/dpo", f"best-of-{BEST_OF_N}", "win_rate_vs_sft/best_of_n", "win rate vs SFT"))
+HEADLINE = ("rm_accuracy", "rm_bayes_accuracy", "peak_rss_gb", "reward", "win_rate_vs_sft", "kl_to_sft", "length",
+            "seconds")
+
+
+def flatten(report: dict) -> dict[str, float]:
+    """A report's headline numbers as {"rm_accuracy": .., "reward/ppo": .., "seconds/total": .., ...}."""
+    flat = {}
+    for key in HEADLINE:
+        value = report[key]
+        if isinstance(value, dict):
+            flat.update({f"{key}/{k}": float(v) for k, v in value.items()})
+        else:
+            flat[key] = float(value)
+    flat["rm_gap_to_bayes"] = flat["rm_bayes_accuracy"] - flat["rm_accuracy"]
+    return flat
+
+
+def nest(flat: dict[str, float]) -> dict:
+    """`flatten`'s inverse: {"reward/ppo": x} -> {"reward": {"ppo": x}}."""
+    out: dict = {}
+    for key, value in flat.items():
+        head, _, tail = key.partition("/")
+        if tail:
+            out.setdefault(head, {})[tail] = value
+        else:
+            out[head] = value
+    out.pop("rm_gap_to_bayes", None)  # derived by `flatten`, not a report field
+    return out
+
+
+def aggregate_reports(reports: list[dict], seeds: list[int]) -> dict:
+    """Per-seed reports -> {"seeds", "per_seed", "mean", "std", "targets", "comparisons"}: each headline number
+    (`flatten`) as mean and sample std over the seeds; the targets checked on the means; one sentence per
+    comparison of `COMPARISONS` (`comparison_sentences`)."""
+    flats = [flatten(r) for r in reports]
+    per_seed = {k: [f[k] for f in flats] for k in flats[0]}
+    stats = {k: mean_std(v) for k, v in per_seed.items()}
+    means = {k: m for k, (m, _) in stats.items()}
+    first = reports[0]
+    aggregate = {"profile": first["profile"], "model": first["model"], "rehearsal": first["rehearsal"],
+                 "gold": first["gold"], "data": first["data"], "seeds": list(seeds), "per_seed": per_seed,
+                 "mean": means, "std": {k: s for k, (_, s) in stats.items()}}
+    aggregate["targets"] = check_targets({**nest(means), "gold": first["gold"]})
+    aggregate["comparisons"] = comparison_sentences(stats)
+    return aggregate
+
+
+def comparison_sentences(stats: dict[str, tuple[float, float]]) -> list[str]:
+    """`seeds.compare` for each pair of `COMPARISONS` whose numbers the run has: 'within noise' where the
+    two means differ by less than their spread, else which one is ahead."""
+    return [compare(name_a, stats[a], name_b, stats[b], what=what) for name_a, a, name_b, b, what in COMPARISONS
+            if a in stats and b in stats]
+
+
+def run_seeds(out_dir: str | Path, profile: Profile | str | None = None, seeds: list[int] = (0, 1, 2), *,
+              progress: bool = True) -> dict:
+    """`run_pipeline` once per seed into DIR/seed-S/, then DIR/report.json and DIR/report.md over the seeds
+    (`aggregate_reports`). Returns the aggregate."""
+    out = Path(out_dir)
+    profile = profile if isinstance(profile, Profile) else pick_profile(profile)
+    reports = []
+    for seed in seeds:
+        if progress:
+            print(f"--- seed {seed} -> {out / f'seed-{seed}'}", flush=True)
+        reports.append(run_pipeline(out / f"seed-{seed}", profile, progress=progress, seed=seed))
+    aggregate = aggregate_reports(reports, list(seeds))
+    write_seed_report(out, aggregate)
+    if progress:
+        print("\n".join(aggregate["comparisons"]))
+        print(f"report over {len(seeds)} seeds: {out / 'report.md'} (and report.json)")
+    return aggregate
+
+
+def write_seed_report(out: Path, aggregate: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(aggregate, indent=2, default=float))
+    seeds = aggregate["seeds"]
+    stats = {k: (aggregate["mean"][k], aggregate["std"][k]) for k in aggregate["mean"]}
+    label = "ground-truth reward" if aggregate["gold"] == "ground truth" else "judged reward"
+
+    def cell(key: str, digits: int) -> str:
+        return format_mean_std(stats[key], digits) if key in stats else "-"
+
+    lines = [f"# rlhf-course pipeline report: {aggregate['profile']} profile, seeds {' '.join(map(str, seeds))}"
+             + (" (rehearsal on a stand-in: the numbers mean nothing)" if aggregate["rehearsal"] else ""), "",
+             (f"Gold reward: {aggregate['gold']}. Data: {aggregate['data']}. Each number: mean ± sample standard "
+             f"deviation over the {len(seeds)} seeds; each seed's own report is in seed-S/report.md."), "",
+             f"| stage | {label} | win rate vs SFT | KL to SFT (nats) | length (tokens) |", "|---|---|---|---|---|"]
+    for stage in ("base", "sft", "ppo", "dpo", "best_of_n"):
+        lines.append(f"| {stage} | {cell(f'reward/{stage}', 3)} | {cell(f'win_rate_vs_sft/{stage}', 2)} | "
+                     f"{cell(f'kl_to_sft/{stage}', 2)} | {cell(f'length/{stage}', 1)} |")
+    lines += ["", (f"Reward model: held-out accuracy {cell('rm_accuracy', 3)}, Bayes limit of the labels "
+              f"{cell('rm_bayes_accuracy', 3)}."), "", "## Within noise or not", ""]
+    lines += [f"- {sentence}" for sentence in aggregate["comparisons"]]
+    seconds = [k for k in aggregate["per_seed"] if k.startswith("seconds/")]  # in the order the stages ran
+    lines += ["", "## Seconds per seed", "", "| stage | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+              "|---|" + "---:|" * (len(seeds) + 1)]
+    lines += [f"| {k.split('/', 1)[1]} | " + " | ".join(f"{v:.1f}" for v in aggregate["per_seed"][k]) +
+              f" | {cell(k, 1)} |" for k in seconds]
+    lines += ["", f"Peak RSS: {cell('peak_rss_gb', 2)} GB.", "", "## Targets (on the means)", ""]
+    t = TARGETS  # the targets a number of the runs can land near: (its key, the target's value)
+    near = {"RM accuracy within 2 points of the Bayes limit": ("rm_gap_to_bayes", t["rm_gap_to_bayes"]),
+            f"PPO win rate vs SFT >= {t['win_rate_vs_sft']}": ("win_rate_vs_sft/ppo", t["win_rate_vs_sft"]),
+            f"DPO win rate vs SFT >= {t['win_rate_vs_sft']}": ("win_rate_vs_sft/dpo", t["win_rate_vs_sft"])}
+    for name, ok in aggregate["targets"].items():
+        key, target = near.get(name, (None, None))
+        note = f" ({format_mean_std(stats[key], 3)})" if key in stats else ""
+        if key in stats and within_noise(stats[key], (target, 0.0)):
+            note = f" ({format_mean_std(stats[key], 3)}: within noise of the target)"
+        lines.append(f"- [{'x' if ok else ' '}] {name}{note}")
+    if not aggregate["targets"]:
+        lines.append("- (targets are set against the toy world's ground truth; none on this profile)")
     (out / "report.md").write_text("\n".join(lines) + "\n")

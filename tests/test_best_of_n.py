@@ -9,7 +9,7 @@ import pytest
 from trl.data_utils import is_conversational
 
 from rlhf_course import toyworld
-from rlhf_course.best_of_n import (BestOfN, best_of_n, best_of_n_curve, best_of_n_kl, expected_best_of_k,
+from rlhf_course.best_of_n import (BestOfN, best_of_n, best_worst_pairs, best_of_n_curve, best_of_n_kl, expected_best_of_k,
                                    rejection_sampling_data, rejection_sampling_finetune)
 from rlhf_course.loading import load_policy
 
@@ -100,3 +100,21 @@ def test_rejection_sampling_finetune_raises_the_reward(tiny):
     # measured from the base model, seeds 0-2: -0.23..-0.33 -> -0.01..0.09 after two rounds (gain 0.27-0.41)
     assert result.metrics["gain"] > 0.1, result.history
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in result.model.named_parameters())
+
+
+def test_best_worst_pairs_take_the_highest_and_lowest_reward_and_skip_identical_answers():
+    from rlhf_course.sampling import Completion
+
+    def draw(prompt, texts, rewards):
+        samples = [Completion(t, True, 3) for t in texts]
+        best = max(range(len(texts)), key=rewards.__getitem__)
+        return BestOfN(prompt, samples[best], rewards[best], rewards, samples)
+
+    results = [draw("How do I bake bread?", ["a", "b", "c", "d"], [0.1, 0.9, -0.5, 0.9]),
+               draw("How do I swim?", ["same", "same"], [0.2, 0.4])]  # best and worst the same text: skipped
+    pairs = best_worst_pairs(results)
+    assert len(pairs) == 1 and is_conversational(pairs[0])
+    row = pairs[0]
+    assert row["prompt"] == toyworld.user("How do I bake bread?")
+    assert row["chosen"] == toyworld.assistant("b") and row["rejected"] == toyworld.assistant("c")  # ties: the first
+    assert row["reward_margin"] == pytest.approx(1.4)
