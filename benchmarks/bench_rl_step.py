@@ -58,13 +58,17 @@ def build_tiny_llama(folder: str, profile) -> str:
     return folder
 
 
-def ours_step_times(profile, model_dir: str, steps: int, **config_changes) -> tuple[list[float], float]:
+def make_ppo_trainer(profile, model_dir: str, **config_changes) -> PPOTrainer:
+    """Our PPO trainer at the benchmark's settings on the shared model (also what profile_ppo_step.py times)."""
     tokenizer = load_tokenizer(profile, model_dir)
     policy = load_policy(profile, model_id=model_dir, verbose=False)
     policy.get_base_model().generation_config.min_new_tokens = NEW_TOKENS  # sample_ids passes max_new_tokens
     cfg = PPOConfig(batch_size=BATCH, max_new_tokens=NEW_TOKENS, temperature=1.0, **config_changes)
-    trainer = PPOTrainer(cfg, policy, tokenizer, toyworld.ground_truth_rewards,
-                         [p.text for p in toyworld.train_prompts()])
+    return PPOTrainer(cfg, policy, tokenizer, toyworld.ground_truth_rewards, [p.text for p in toyworld.train_prompts()])
+
+
+def ours_step_times(profile, model_dir: str, steps: int, **config_changes) -> tuple[list[float], float]:
+    trainer = make_ppo_trainer(profile, model_dir, **config_changes)
     trainer.step()  # warm-up
     times, lengths = [], []
     for _ in range(steps):

@@ -19,10 +19,9 @@ from collections import defaultdict
 from contextlib import contextmanager
 
 import torch
-from bench_rl_step import BATCH, NEW_TOKENS, build_tiny_llama
+from bench_rl_step import BATCH, NEW_TOKENS, build_tiny_llama, make_ppo_trainer
 
 from rlhf_course import ppo, sampling, toyworld
-from rlhf_course.loading import load_policy, load_tokenizer
 from rlhf_course.profiles import pick_profile
 
 spent: dict[str, float] = defaultdict(float)  # seconds in each piece during the current step
@@ -35,7 +34,7 @@ def timed(name, fn):
         try:
             return fn(*args, **kwargs)
         finally:
-            spent[name if callable(name) is False else name()] += time.perf_counter() - t0
+            spent[name() if callable(name) else name] += time.perf_counter() - t0
     return wrapper
 
 
@@ -131,13 +130,7 @@ def main():
     torch.set_num_threads(1)
     profile = pick_profile("tiny").replace(batch_size=BATCH, max_new_tokens=NEW_TOKENS, temperature=1.0)
     model_dir = build_tiny_llama(tempfile.mkdtemp(prefix="profile-ppo-"), profile)
-    tokenizer = load_tokenizer(profile, model_dir)
-    policy = load_policy(profile, model_id=model_dir, verbose=False)
-    policy.get_base_model().generation_config.min_new_tokens = NEW_TOKENS
-    cfg = ppo.PPOConfig(batch_size=BATCH, max_new_tokens=NEW_TOKENS, temperature=1.0,
-                        num_ppo_epochs=args.epochs, num_minibatches=args.minibatches)
-    trainer = ppo.PPOTrainer(cfg, policy, tokenizer, toyworld.ground_truth_rewards,
-                             [p.text for p in toyworld.train_prompts()])
+    trainer = make_ppo_trainer(profile, model_dir, num_ppo_epochs=args.epochs, num_minibatches=args.minibatches)
     instrument(trainer)
     trainer.step()  # warm-up
     per_step = defaultdict(list)
@@ -166,7 +159,7 @@ def main():
         if k not in ("generation: sample_ids total", "rollout total", "update total"):
             print(f"  {k:<62} {ms[k]:7.1f} ms  {100 * ms[k] / total:5.1f} %")
     print("LoRA's share (ms, adapter on / off):")
-    for name, (on, off) in lora_share(trainer, tokenizer).items():
+    for name, (on, off) in lora_share(trainer, trainer.tokenizer).items():
         print(f"  {name:<22} {on:7.2f} / {off:7.2f}")
 
 
