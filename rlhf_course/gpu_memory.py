@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf_course.errors import PlanError
+from rlhf_course.profiles import LORA_TARGETS
 
 GIB = 2**30
 CUDA_CONTEXT_BYTES = int(0.5 * GIB)   # CUDA context + cuBLAS workspace: outside torch's allocator; a constant
@@ -48,7 +49,6 @@ BLOCKSIZE, NESTED_BLOCKSIZE = 64, 256  # bitsandbytes' 4-bit blocks and its doub
 FUSED_TOKEN_CHUNK, FUSED_VOCAB_CHUNK = 4096, 32768  # TRL's fused log-prob head tiles (trl/kernels/chunked_logprob.py)
 FP32 = 4
 METHODS = ("sft", "rm", "dpo", "ppo")
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 # --- 1. architectures ---------------------------------------------------------------------------
@@ -186,12 +186,12 @@ def base_model_bytes(arch: Architecture, head: str = "causal_lm") -> dict[str, i
     return {"4-bit weights": packed, "quantisation constants": constants, "unquantized weights (fp32)": FP32 * other}
 
 
-def lora_parameter_count(arch: Architecture, r: int, targets=TARGETS) -> int:
+def lora_parameter_count(arch: Architecture, r: int, targets=LORA_TARGETS) -> int:
     """LoRA's A (r x in) and B (out x r) on each target linear of each block."""
     return arch.num_hidden_layers * sum(r * (i + o) for name, (i, o, _) in arch.linears().items() if name in targets)
 
 
-def count_lora_params(config, r: int, targets=TARGETS) -> int:
+def count_lora_params(config, r: int, targets=LORA_TARGETS) -> int:
     """Trainable LoRA parameters on a Hugging Face model config (a `PretrainedConfig` or its dict), what
     peft's `get_nb_trainable_parameters` reports for LoRA of rank r on `targets` (notebook 3)."""
     as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
@@ -207,7 +207,7 @@ def trained_bytes(n_params: int, dtype_bytes: int = FP32) -> int:
 # --- 3. activations -----------------------------------------------------------------------------
 
 def layer_saved_bytes(arch: Architecture, sequences: int, length: int, *, autocast_bytes: int | None,
-                      lora_bytes: int, r: int, dropout: bool, targets=TARGETS, padding_mask: bool = True) -> int:
+                      lora_bytes: int, r: int, dropout: bool, targets=LORA_TARGETS, padding_mask: bool = True) -> int:
     """Bytes one decoder layer saves for its backward pass, for `sequences` x `length` tokens.
 
     autocast_bytes: 2 under fp16/bf16 autocast (TRL's trainers), None without autocast (our PPO).

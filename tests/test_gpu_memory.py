@@ -6,9 +6,10 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from rlhf_course.cli import main
 from rlhf_course.errors import PlanError
-from rlhf_course.gpu_memory import (GIB, KNOWN_ARCHITECTURES, TARGETS, architecture, base_model_bytes, kv_cache_bytes,
+from rlhf_course.gpu_memory import (GIB, KNOWN_ARCHITECTURES, architecture, base_model_bytes, kv_cache_bytes,
                                     layer_saved_bytes, lora_parameter_count, parameter_count, plan, plan_table,
                                     trained_bytes)
+from rlhf_course.profiles import LORA_TARGETS
 
 # Published parameter counts (model cards / safetensors index): a check on the architectures' numbers
 PUBLISHED = {"mistral-7b": 7_241_732_096, "qwen2.5-7b": 7_615_616_512, "llama-2-7b": 6_738_415_616}
@@ -32,7 +33,7 @@ def test_parameter_and_lora_counts_equal_models_built_on_the_meta_device(name):
         rm = AutoModelForSequenceClassification.from_config(config_of(name))
     assert parameter_count(arch) == sum(p.numel() for p in lm.parameters()) == PUBLISHED[name]
     assert parameter_count(arch, "seq_cls") == sum(p.numel() for p in rm.parameters())
-    peft_model = get_peft_model(lm, LoraConfig(r=16, target_modules=list(TARGETS)))
+    peft_model = get_peft_model(lm, LoraConfig(r=16, target_modules=list(LORA_TARGETS)))
     assert lora_parameter_count(arch, 16) == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
 
 

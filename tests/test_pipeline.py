@@ -36,14 +36,18 @@ def test_a_short_pipeline_writes_the_report_the_readme_promises(tiny, tmp_path, 
 
     md = (tmp_path / "report.md").read_text()
     assert "| ppo |" in md and "## Targets" in md
+    ppo_win = f"{report['win_rate_vs_sft']['ppo']:.3f}"  # each target is shown with the number it judged
+    assert f"] PPO win rate vs SFT >= 0.8 ({ppo_win})" in md
     for png in ("stage_rewards.png", "reward_distributions.png", "ppo_training.png", "dpo_rewards.png", "reward_vs_kl.png"):
         assert (tmp_path / png).stat().st_size > 1000 and f"({png})" in md
     assert (tmp_path / "sft" / "model.safetensors").exists() and (tmp_path / "rm" / "adapter_model.safetensors").exists()
 
 
 def test_targets_are_judged_from_the_report():
-    report = {"profile": "tiny", "gold": "ground truth", "seconds": {"total": 170.0}, "peak_rss_gb": 1.0, "rm_accuracy": 0.86,
-              "rm_bayes_accuracy": 0.87, "win_rate_vs_sft": {"ppo": 0.81, "dpo": 0.5}}
-    assert list(check_targets(report).values()) == [True, True, True, True, False]
-    assert list(check_targets({**report, "seconds": {"total": 181.0}}).values())[0] is False
-    assert check_targets({**report, "profile": "7b", "gold": "judge Skywork/Skywork-Reward-V2-Qwen3-0.6B"}) == {}
+    numbers = {"seconds/total": 170.0, "peak_rss_gb": 1.0, "rm_gap_to_bayes": 0.87 - 0.86,
+               "win_rate_vs_sft/ppo": 0.81, "win_rate_vs_sft/dpo": 0.5}
+    assert list(check_targets(numbers, "ground truth").values()) == [True, True, True, True, False]
+    assert list(check_targets({**numbers, "seconds/total": 181.0}, "ground truth").values())[0] is False
+    assert list(check_targets({**numbers, "rm_gap_to_bayes": 0.021}, "ground truth").values())[2] is False
+    assert check_targets(numbers, "judge Skywork/Skywork-Reward-V2-Qwen3-0.6B") == {}
+

@@ -8,7 +8,7 @@ from statistics import mean, stdev
 
 import pytest
 
-from rlhf_course.pipeline import aggregate_reports, comparison_sentences, flatten, run_seeds
+from rlhf_course.pipeline import TARGETS, aggregate_reports, comparison_sentences, flatten, run_seeds, target_lines
 from rlhf_course.seeds import compare, format_mean_std, mean_std, within_noise
 
 
@@ -67,6 +67,20 @@ def test_aggregate_of_synthetic_reports_and_its_noise_sentences():
     stats = {k: mean_std([v]) for k, v in flatten(reports[0]).items() if not k.endswith("best_of_n")}
     assert [s.split(":")[0] for s in comparison_sentences(stats)] == ["PPO vs DPO (win rate vs SFT)",
                                                                       "PPO vs DPO (gold reward)"]
+
+
+def test_the_targets_checklist_shows_each_number_and_when_it_is_within_noise_of_the_target():
+    met = {t.name: False for t in TARGETS}
+    stats = {t.key: (t.limit * 2, 0.0) for t in TARGETS}
+    stats["win_rate_vs_sft/ppo"] = (0.79, 0.02)  # 0.01 under 0.8 with a spread of 0.02: within noise
+    stats["win_rate_vs_sft/dpo"] = (0.61, 0.01)  # 0.19 under: not
+    lines = dict(zip([t.name for t in TARGETS], target_lines(met, stats)))
+    assert lines["PPO win rate vs SFT >= 0.8"] == "- [ ] PPO win rate vs SFT >= 0.8 (0.790 ± 0.020: within noise of the target)"
+    assert lines["DPO win rate vs SFT >= 0.8"] == "- [ ] DPO win rate vs SFT >= 0.8 (0.610 ± 0.010)"
+    assert lines["total <= 180s"] == "- [ ] total <= 180s (360.0 ± 0.0)"
+    single_run = target_lines(met, {k: (m, math.nan) for k, (m, _) in stats.items()})
+    assert "- [ ] PPO win rate vs SFT >= 0.8 (0.790)" in single_run  # one run: its value, no spread
+    assert target_lines({}, stats) == ["- (targets are set against the toy world's ground truth; none on this profile)"]
 
 
 def test_two_short_seeds_aggregate_to_the_mean_of_their_reports(tiny, tmp_path):
