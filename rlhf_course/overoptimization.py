@@ -38,7 +38,7 @@ from rlhf_course import toyworld, trained_models
 from rlhf_course.best_of_n import best_of_n, best_of_n_kl, score_in_batches
 from rlhf_course.errors import CourseError, UsageError
 from rlhf_course.evaluation import evaluate_policy
-from rlhf_course.parallel import start_jobs
+from rlhf_course.parallel import one_thread, start_jobs
 from rlhf_course.profiles import Profile, pick_profile
 from rlhf_course.sampling import RewardFn
 
@@ -455,13 +455,8 @@ def write_lab(out_dir, profile: Profile | str | None = None, config: LabConfig =
         raise UsageError(f"{out} already holds a lab's results ({', '.join(existing)}): give another --out "
                          "or move them away; they are never overwritten")
     profile = profile if isinstance(profile, Profile) else pick_profile(profile)
-    threads = torch.get_num_threads()
-    if config.workers > 1:
-        torch.set_num_threads(1)  # this process samples best-of-n while the workers train: one core each
-    try:
+    with one_thread(config.workers > 1):  # this process samples best-of-n while the workers train: one core each
         lab = run_lab(profile, config, progress=progress)
-    finally:
-        torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     (out / "overoptimization.json").write_text(json.dumps(lab, indent=1))
     for rows, fit, name, title in ((lab["best_of_n"], lab["fits"]["best_of_n"], "best_of_n.png",

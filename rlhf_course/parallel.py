@@ -16,6 +16,7 @@ whatever cell a notebook is running; an error still comes back, with its traceba
 from __future__ import annotations
 
 import atexit
+from contextlib import contextmanager
 from typing import Callable
 
 _POOLS: dict = {}  # workers -> the live ProcessPoolExecutor
@@ -54,6 +55,21 @@ def shutdown() -> None:
     """End the worker processes (at exit, or to free their memory earlier)."""
     while _POOLS:
         _POOLS.popitem()[1].shutdown(cancel_futures=True)
+
+
+@contextmanager
+def one_thread(while_workers_run: bool = True):
+    """This process on one thread while the workers use the other cores (oversubscribed cores slow every
+    run); its thread count comes back afterwards, also after an error."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if while_workers_run:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def start_jobs(jobs: dict, workers: int = 2) -> Callable[[], dict]:

@@ -32,11 +32,13 @@ from transformers.utils import logging as hf_logging
 from rlhf_course import plots, toyworld
 from rlhf_course.best_of_n import best_of_n
 from rlhf_course.dpo import train_dpo
+from rlhf_course.errors import UsageError
 from rlhf_course.evaluation import EvalResult, Sample, best_possible_reward, evaluate_policy, win_rate_from_scores
 from rlhf_course.gold import gold_reward_fn, load_judge
 from rlhf_course.loading import (describe_loading, free_memory, is_adapter, load_policy, load_tokenizer,
                                  without_loading_lines)
 from rlhf_course.ppo import AdapterRewardModel, train_ppo
+from rlhf_course.parallel import one_thread, start_jobs
 from rlhf_course.profiles import Profile, pick_profile
 from rlhf_course.reward_model import train_reward_model
 from rlhf_course.seeds import compare, format_mean_std, mean_std, within_noise
@@ -83,9 +85,13 @@ class Stopwatch:
         stage = SimpleNamespace(note="")
         t0 = time.perf_counter()
         yield stage
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        self.record(name, time.perf_counter() - t0, stage.note)
+
+    def record(self, name: str, seconds: float, note: str = "") -> None:
+        """A stage timed elsewhere (in another process)."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
         if self.progress:
-            print(f"{name.replace('_', ' '):<13}{self.seconds[name]:7.1f} s   {stage.note}", flush=True)
+            print(f"{name.replace('_', ' '):<13}{self.seconds[name]:7.1f} s   {note}", flush=True)
 
 
 @contextmanager
@@ -143,11 +149,13 @@ def stage_data(profile: Profile, tokenizer, seed: int) -> dict:
 
 
 def run_pipeline(out_dir: str | Path, profile: Profile | str | None = None, *, progress: bool = True,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, side_by_side: bool | None = None) -> dict:
     """Run every stage and write the report. Returns the report dict (also DIR/report.json).
 
     One model at a time: each stage loads what it trains, and frees it (`loading.free_memory`) before
-    the next stage loads - a T4 holds one 4-bit 7B, not two. The SFT model is saved (tiny: merged into a
+    the next stage loads - a T4 holds one 4-bit 7B, not two. The exception, `side_by_side` (None: on a
+    CPU with the toy world and two or more threads): PPO trains in a second process, one thread, while
+    this one runs DPO and best-of-N on one thread - the same numbers, sooner. The SFT model is saved (tiny: merged into a
     plain model folder; 7b: its adapter, as a 4-bit base cannot take it in) and every later stage starts
     from it, so "vs SFT" means against the SFT model on both profiles. The gold reward - the toy world's
     ground truth, or the 7b profile's independent judge - scores every stage; the reward model it trains
@@ -158,29 +166,29 @@ def run_pipeline(out_dir: str | Path, profile: Profile | str | None = None, *, p
     with quiet_libraries(), without_loading_lines():
         if progress:  # one line for what every stage loads (LoRA adapters on this base, this precision)
             print(describe_loading(profile, profile.model_id, profile.load_in_4bit, lora=True))
-        return _run(out, profile, progress, seed)
+        can = profile.device == "cpu" and profile.has_ground_truth  # a tiny model, and no judge to share
+        if side_by_side and not can:
+            raise UsageError(f"side_by_side: the {profile.name} profile runs one stage at a time (on a GPU, one "
+                             "4-bit base fits; a judge's gold reward lives in this process)")
+        if side_by_side is None:  # the tiny model is too small for two threads to help one run
+            side_by_side = can and torch.get_num_threads() > 1
+        return _run(out, profile, progress, seed, side_by_side)
 
 
-def _run(out: Path, profile: Profile, progress: bool, seed: int) -> dict:
+def _run(out: Path, profile: Profile, progress: bool, seed: int, side_by_side: bool) -> dict:
     torch.manual_seed(seed)
     clock = Stopwatch(progress)
     t_start = time.perf_counter()
     tokenizer = load_tokenizer(profile)
     data = stage_data(profile, tokenizer, seed)
     judge = None if profile.has_ground_truth else load_judge(profile, verbose=progress)
-    gold = gold_reward_fn(profile, judge)
     rm_dir = out / "rm"
 
     def evaluate(model, **kw) -> EvalResult:  # no bar of its own: its seconds go to the stage's line
-        return evaluate_policy(model, tokenizer, data["eval_prompts"], n_per_prompt=4 if judge is None else 1,
-                               max_new_tokens=profile.max_new_tokens, temperature=profile.temperature,
-                               seed=seed, judge=judge, **kw)
+        return _evaluate(profile, tokenizer, data["eval_prompts"], judge, seed, model, **kw)
 
     def against_sft(model) -> EvalResult:
-        """A trained policy: its gold reward, the reward model's score (the RM rides on its base), KL to its
-        own reference (the SFT model) and its win rate against the SFT model's answers."""
-        return evaluate(model, reference="self", reward_fn=AdapterRewardModel(model, tokenizer, rm_dir),
-                        baseline=results["sft"])
+        return _against_sft(profile, tokenizer, data["eval_prompts"], judge, seed, model, rm_dir, results["sft"])
 
     def sft_policy():
         """The SFT model, as a PEFT model (on the tiny profile with a fresh, zero adapter: the same outputs)
@@ -224,45 +232,55 @@ def _run(out: Path, profile: Profile, progress: bool, seed: int) -> dict:
         stage.note = _gold_note(results["sft"])
 
     # 3. PPO against the reward model, a second adapter on the policy's base (the gold reward is only
-    #    watched, never optimised)
-    with clock("ppo") as stage:
-        ppo = train_ppo(profile, model_id=sft_path, reward_model_dir=rm_dir, prompts=data["train_prompts"],
-                        monitor_fn=gold, progress=progress, seed=seed)
-        ppo_history = ppo.history
-        results["ppo"] = against_sft(ppo.model)
-        del ppo
-        free_memory()
-        stage.note = f"{profile.ppo_steps} iterations; {_gold_note(results['ppo'])}"
+    #    watched, never optimised). PPO, DPO and best-of-N need nothing from each other: side by side, PPO
+    #    trains in a second process while this one runs DPO and best-of-N on the other core.
+    ppo_args = (profile, sft_path, rm_dir, data, results["sft"], seed)
+    if side_by_side:
+        collect_ppo = start_jobs({"ppo": (_ppo_stage, (*ppo_args, None, False))}, workers=2)
+        if progress:
+            print("(PPO trains in a second process, one thread, while DPO and best-of-N run here)", flush=True)
+    else:
+        with clock("ppo") as stage:
+            ppo_history, results["ppo"], _, _ = _ppo_stage(*ppo_args, judge, progress)
+            stage.note = f"{profile.ppo_steps} iterations; {_gold_note(results['ppo'])}"
 
-    # 4. DPO on the same preference pairs the reward model learned from
-    with clock("dpo") as stage:
-        dpo = train_dpo(profile, data["dpo"], model_id=sft_path, progress=progress, seed=seed)
-        dpo_history = dpo.history
-        results["dpo"] = against_sft(dpo.model)
-        del dpo
-        free_memory()
-        stage.note = f"{profile.dpo_steps} steps; {_gold_note(results['dpo'])}"
+    with one_thread(side_by_side):  # PPO, in its process, has the other core
+        # 4. DPO on the same preference pairs the reward model learned from
+        with clock("dpo") as stage:
+            dpo = train_dpo(profile, data["dpo"], model_id=sft_path, progress=progress, seed=seed)
+            dpo_history = dpo.history
+            results["dpo"] = against_sft(dpo.model)
+            del dpo
+            free_memory()
+            stage.note = f"{profile.dpo_steps} steps; {_gold_note(results['dpo'])}"
 
-    # 5. best-of-N with the reward model on the SFT model: no training at all
-    with clock("best_of_n") as stage:
-        sft_model = sft_policy()
-        samples = results["sft"].samples
-        picks = best_of_n(sft_model, tokenizer, [s.prompt for s in samples], BEST_OF_N,
-                          AdapterRewardModel(sft_model, tokenizer, rm_dir), max_new_tokens=profile.max_new_tokens,
-                          temperature=profile.temperature, seed=seed + 1)
-        del sft_model
-        free_memory()
-        bon = [Sample(s.prompt, b.completion, s.world, rm_score=b.reward) for s, b in zip(samples, picks)]
-        if judge is not None:
-            for s, r in zip(bon, judge([s.prompt for s in bon], [s.completion for s in bon])):
-                s.judge_score = float(r)
-        results["best_of_n"] = EvalResult(bon)
-        results["best_of_n"].win_rates["win_rate"] = win_rate_from_scores(results["best_of_n"].rewards,
-                                                                           results["sft"].rewards)
-        stage.note = _gold_note(results["best_of_n"])
+        # 5. best-of-N with the reward model on the SFT model: no training at all
+        with clock("best_of_n") as stage:
+            sft_model = sft_policy()
+            samples = results["sft"].samples
+            picks = best_of_n(sft_model, tokenizer, [s.prompt for s in samples], BEST_OF_N,
+                              AdapterRewardModel(sft_model, tokenizer, rm_dir), max_new_tokens=profile.max_new_tokens,
+                              temperature=profile.temperature, seed=seed + 1)
+            del sft_model
+            free_memory()
+            bon = [Sample(s.prompt, b.completion, s.world, rm_score=b.reward) for s, b in zip(samples, picks)]
+            if judge is not None:
+                for s, r in zip(bon, judge([s.prompt for s in bon], [s.completion for s in bon])):
+                    s.judge_score = float(r)
+            results["best_of_n"] = EvalResult(bon)
+            results["best_of_n"].win_rates["win_rate"] = win_rate_from_scores(results["best_of_n"].rewards,
+                                                                               results["sft"].rewards)
+            stage.note = _gold_note(results["best_of_n"])
+
+    worker_rss = 0.0
+    if side_by_side:  # its seconds are its own process's; "total" is the wall clock
+        ppo_history, results["ppo"], ppo_seconds, worker_rss = collect_ppo()["ppo"]
+        clock.record("ppo", ppo_seconds, f"{profile.ppo_steps} iterations in a second process, beside DPO and "
+                     f"best-of-N; {_gold_note(results['ppo'])}")
 
     seconds = dict(clock.seconds)
     seconds["total"] = time.perf_counter() - t_start
+    results = {name: results[name] for name in ("base", "sft", "ppo", "dpo", "best_of_n")}  # PPO may finish last
     summaries = {name: r.summary() for name, r in results.items()}
     report = {
         "profile": profile.name,
@@ -272,7 +290,7 @@ def _run(out: Path, profile: Profile, progress: bool, seed: int) -> dict:
         "data": "the toy world" if profile.has_ground_truth else f"{profile.preference_set}: {len(data['rm'])} "
                 f"pairs to train, {len(data['rm_eval'])} held out (offline: the hand-written set)",
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "peak_rss_gb": round(peak_rss_gb(), 2),
+        "peak_rss_gb": round(peak_rss_gb() + worker_rss, 2),  # with PPO's process: the sum of both peaks
         "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
         "rm_accuracy": round(rm_metrics["accuracy"], 4),
         "rm_bayes_accuracy": round(rm_metrics.get("bayes_accuracy", math.nan), 4),
@@ -287,7 +305,8 @@ def _run(out: Path, profile: Profile, progress: bool, seed: int) -> dict:
         "settings": {"temperature": profile.temperature, "max_new_tokens": profile.max_new_tokens,
                      "sft_steps": profile.sft_steps, "rm_steps": profile.rm_steps, "ppo_steps": profile.ppo_steps,
                      "dpo_steps": profile.dpo_steps, "recipe": dataclasses.asdict(profile.recipe), "seed": seed,
-                     "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+                     "torch_threads": torch.get_num_threads(), "ppo_side_by_side": side_by_side,
+                     "python": platform.python_version(),
                      "torch": torch.__version__},
     }
     report["targets"] = check_targets(flatten(report), report["gold"])
@@ -296,6 +315,37 @@ def _run(out: Path, profile: Profile, progress: bool, seed: int) -> dict:
         print(summary_line(report))
         print(f"report: {out / 'report.md'} (and report.json, plots)")
     return report
+
+
+def _evaluate(profile: Profile, tokenizer, prompts, judge, seed: int, model, **kw) -> EvalResult:
+    """The pipeline's one evaluation protocol: 4 answers per held-out prompt (1 with a judge), scored by the
+    gold reward."""
+    return evaluate_policy(model, tokenizer, prompts, n_per_prompt=4 if judge is None else 1,
+                           max_new_tokens=profile.max_new_tokens, temperature=profile.temperature,
+                           seed=seed, judge=judge, **kw)
+
+
+def _against_sft(profile: Profile, tokenizer, prompts, judge, seed: int, model, rm_dir, sft: EvalResult) -> EvalResult:
+    """A trained policy: its gold reward, the reward model's score (the RM rides on its base), KL to its
+    own reference (the SFT model) and its win rate against the SFT model's answers `sft`."""
+    return _evaluate(profile, tokenizer, prompts, judge, seed, model, reference="self", baseline=sft,
+                     reward_fn=AdapterRewardModel(model, tokenizer, rm_dir))
+
+
+def _ppo_stage(profile: Profile, sft_path: str, rm_dir: Path, data: dict, sft: EvalResult, seed: int, judge,
+               progress: bool) -> tuple[list[dict], EvalResult, float, float]:
+    """Stage 3 as one job, which may run in a second process (`parallel.start_jobs`): PPO from the SFT model
+    against the reward model, then its evaluation against the SFT model's answers. Returns (history,
+    evaluation, seconds, this process's peak RSS in GB)."""
+    t0 = time.perf_counter()
+    tokenizer = load_tokenizer(profile)
+    ppo = train_ppo(profile, model_id=sft_path, reward_model_dir=rm_dir, prompts=data["train_prompts"],
+                    monitor_fn=gold_reward_fn(profile, judge), progress=progress, seed=seed)
+    result = _against_sft(profile, tokenizer, data["eval_prompts"], judge, seed, ppo.model, rm_dir, sft)
+    history = ppo.history
+    del ppo
+    free_memory()
+    return history, result, time.perf_counter() - t0, peak_rss_gb()
 
 
 def check_targets(numbers: dict[str, float], gold: str) -> dict[str, bool]:

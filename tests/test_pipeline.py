@@ -4,14 +4,17 @@ README promises (the full run's numbers are measured by `rlhf-course pipeline`, 
 import json
 import warnings
 
-from rlhf_course.pipeline import check_targets, run_pipeline
+import pytest
+
+from rlhf_course.errors import UsageError
+from rlhf_course.pipeline import check_targets, flatten, run_pipeline
 
 
 def test_a_short_pipeline_writes_the_report_the_readme_promises(tiny, tmp_path, capfd):
     short = tiny.replace(sft_steps=4, rm_steps=4, ppo_steps=2, dpo_steps=2)
     with warnings.catch_warnings(record=True) as caught:  # pytest would otherwise catch them out of sight
         warnings.simplefilter("always")
-        report = run_pipeline(tmp_path, short, progress=True)
+        report = run_pipeline(tmp_path, short, progress=True, side_by_side=True)  # as on 2 cores
 
     # what a person reads: one summary line per stage, no trainer log dicts, no deprecation warnings
     out, err = capfd.readouterr()
@@ -41,6 +44,19 @@ def test_a_short_pipeline_writes_the_report_the_readme_promises(tiny, tmp_path, 
     for png in ("stage_rewards.png", "reward_distributions.png", "ppo_training.png", "dpo_rewards.png", "reward_vs_kl.png"):
         assert (tmp_path / png).stat().st_size > 1000 and f"({png})" in md
     assert (tmp_path / "sft" / "model.safetensors").exists() and (tmp_path / "rm" / "adapter_model.safetensors").exists()
+    assert report["settings"]["ppo_side_by_side"] is True
+
+    # PPO in a second process beside DPO and best-of-N, or every stage in turn here: the same numbers
+    in_turn = run_pipeline(tmp_path / "in_turn", short, progress=False, side_by_side=False)
+    assert in_turn["settings"]["ppo_side_by_side"] is False
+    numbers = [k for k in flatten(report) if not k.startswith("seconds") and k != "peak_rss_gb"]
+    same = lambda r: json.dumps([{k: flatten(r)[k] for k in numbers}, r["stages"]], sort_keys=True)  # noqa: E731 (NaN == NaN)
+    assert same(in_turn) == same(report)
+
+
+def test_side_by_side_is_refused_where_stages_must_take_turns(tiny, tmp_path):
+    with pytest.raises(UsageError, match="one stage at a time"):
+        run_pipeline(tmp_path, tiny.replace(device="cuda"), side_by_side=True)
 
 
 def test_targets_are_judged_from_the_report():
