@@ -124,7 +124,7 @@ def orpo_loss(
 # --- 2. the loss of a batch ---------------------------------------------------------------------------
 
 DEFAULTS = {  # the tiny model's settings (measured on the toy world, see `LEARNING_RATES`)
-    "dpo": {"beta": 2.0},   # dpo.TRAIN_DEFAULTS["tiny"]
+    "dpo": {"beta": 2.0},   # every loss of the family at beta 2, one setting for all (the DPO stage: recipe.dpo_beta)
     "ipo": {"beta": 2.0},   # tau; at 0.5 (a target gap of 1 nat per token) it drifted to KL 9.8 +- 6.3
     "simpo": {"beta": 2.0, "gamma": 1.0},
     "kto": {"beta": 2.0},

@@ -60,7 +60,7 @@ class LoopConfig:
     prompts_per_round: int = 128    # prompts drawn per round (two answers each; identical pairs are dropped)
     # DPO, each round
     dpo_steps: int = 20             # optimiser steps per round, from the current model
-    beta: float | None = None       # None: the profile's recipe (profile.recipe.dpo_beta)
+    beta: float | None = None       # None: the profile's recipe (profile.recipe.online_dpo_beta)
     learning_rate: float | None = None
     # evaluation, after each round
     eval_n_per_prompt: int = 4      # answers per held-out prompt (toyworld.eval_prompts(): 40 prompts; a judge: 1)
@@ -156,7 +156,8 @@ def iterative_loop(profile: Profile, labeller: Judge | LabellerFn, *, model_id: 
         quiet = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
         with quiet:  # TRL's Trainer prints each log line when there is no progress bar
             result = train_dpo(profile, data, model_id=current if merge else start, steps=config.dpo_steps,
-                               beta=config.beta, learning_rate=config.learning_rate, progress=progress,
+                               beta=config.beta or profile.recipe.online_dpo_beta,
+                               learning_rate=config.learning_rate, progress=progress,
                                seed=config.seed + k)
         model = result.model
         if merge:
