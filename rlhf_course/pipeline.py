@@ -45,6 +45,8 @@ from rlhf_course.seeds import compare, format_mean_std, mean_std, within_noise
 from rlhf_course.sft import save_sft_model, train_sft
 
 BEST_OF_N = 8
+SIDE_BY_SIDE_NOTE = ("The total is the wall clock. When PPO trains in a second process beside DPO and best-of-N "
+                     "(side by side), their seconds overlap, and the peak RSS adds up both processes' peaks.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -444,7 +446,7 @@ def write_report(out: Path, report: dict, results: dict, ppo_history: list, dpo_
         f", Bayes limit of the labels {report['rm_bayes_accuracy']:.3f}"
     lines += ["", f"Reward model: held-out accuracy {report['rm_accuracy']:.3f}{bayes}.", "",
               "| stage | seconds |", "|---|---|"] + [f"| {s} | {v} |" for s, v in report["seconds"].items()]
-    lines += ["", "(evaluation: all the evaluations together)"]
+    lines += ["", "(evaluation: all the evaluations together)", "", SIDE_BY_SIDE_NOTE]
     gpu = "" if report["peak_gpu_gib"] is None else f" Peak GPU memory allocated: {report['peak_gpu_gib']} GiB."
     lines += ["", f"Peak RSS: {report['peak_rss_gb']} GB.{gpu}", "", "## Targets", ""]
     lines += target_lines(report["targets"], {k: (v, math.nan) for k, v in flatten(report).items()})
@@ -546,6 +548,6 @@ def write_seed_report(out: Path, aggregate: dict) -> None:
               "|---|" + "---:|" * (len(seeds) + 1)]
     lines += [f"| {k.split('/', 1)[1]} | " + " | ".join(f"{v:.1f}" for v in aggregate["per_seed"][k]) +
               f" | {cell(k, 1)} |" for k in seconds]
-    lines += ["", f"Peak RSS: {cell('peak_rss_gb', 2)} GB.", "", "## Targets (on the means)", ""]
+    lines += ["", SIDE_BY_SIDE_NOTE, "", f"Peak RSS: {cell('peak_rss_gb', 2)} GB.", "", "## Targets (on the means)", ""]
     lines += target_lines(aggregate["targets"], stats)
     (out / "report.md").write_text("\n".join(lines) + "\n")

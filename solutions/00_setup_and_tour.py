@@ -98,7 +98,7 @@ print(f"\nthis session runs: {profile.name}")
 # every stage is measured against it.
 #
 # The whole pipeline - SFT, reward model, PPO, DPO, best-of-N, evaluation and a report with plots -
-# is one command (about three minutes on two CPU cores; on a GPU add `--profile 7b`):
+# is one command (about four minutes on two CPU cores; on a GPU add `--profile 7b`):
 #
 # ```bash
 # rlhf-course pipeline --out runs/tiny

@@ -691,7 +691,7 @@ else:
 # - none of them learned to over-refuse, which a harmlessness-heavy reward could easily have taught.
 #
 # These are a few dozen steps on a 0.7M-parameter model. The full runs (`rlhf-course pipeline`: SFT -> RM ->
-# PPO -> DPO -> best-of-N -> report, about 3 minutes on a CPU) train each method for longer and go further.
+# PPO -> DPO -> best-of-N -> report, about 4 minutes on a CPU) train each method for longer and go further.
 
 # %% [markdown]
 # ## 6. Warnings
