@@ -56,7 +56,8 @@ def evaluate_against_sft(profile, model, tokenizer, seed: int, rm_dir, rm_fn=Non
 
 
 def rm_run(profile, seed: int, pairs: int = 4000, steps: int | None = None, lr: float | None = None,
-           lora_r: int | None = None, pair_seed: int = 2, out: str | None = None) -> dict:
+           lora_r: int | None = None, lora: bool = True, pair_seed: int = 2, out: str | None = None) -> dict:
+    """lora=false: the whole model and its score head trained (full fine-tuning), not a LoRA adapter."""
     from rlhf_course.reward_model import load_rm_data, train_reward_model
 
     if lora_r is not None:
@@ -67,7 +68,7 @@ def rm_run(profile, seed: int, pairs: int = 4000, steps: int | None = None, lr: 
     data = data if isinstance(data, datasets.Dataset) else datasets.Dataset.from_list(data)
     t = time.perf_counter()
     result = train_reward_model(profile, data, load_rm_data("test"), model_id=trained_models.sft_model(profile),
-                                steps=steps, learning_rate=lr, progress=False, seed=seed, out_dir=out)
+                                steps=steps, learning_rate=lr, lora=lora, progress=False, seed=seed, out_dir=out)
     m = result.metrics
     return {"accuracy": round(m["accuracy"], 4), "bayes": round(m["bayes_accuracy"], 4),
             "train_seconds": m["train_seconds"], "seconds": round(time.perf_counter() - t, 1)}
